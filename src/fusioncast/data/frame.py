@@ -1,0 +1,73 @@
+"""Raw table → validated, regular-grid frame with calendar features; time splits per series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fusioncast.data.grid import add_calendar, infer_freq, regularize
+from fusioncast.data.schema import Schema, SchemaError, drop_short_series, validate
+
+
+def prepare_frame(df: pd.DataFrame, schema: Schema, drop_short: bool = True) -> tuple[pd.DataFrame, str]:
+    """Validate, regularise to the (given or inferred) frequency, derive calendar features.
+
+    Series shorter than encoder + horizon are dropped with one warning when `drop_short`.
+    Returns the frame (with bool column `_observed`) and the frequency alias.
+    """
+    df = validate(df, schema)
+    freq = infer_freq(df, schema)
+    frame = regularize(df, schema, freq)
+    if drop_short and schema.group_ids:
+        lengths = frame.groupby(schema.group_ids, sort=False).size()
+        short = drop_short_series(lengths, schema.max_encoder_length + schema.max_prediction_length)
+        if short:
+            keep = ~frame.set_index(schema.group_ids).index.isin(short)
+            frame = frame[keep].reset_index(drop=True)
+    elif drop_short:
+        drop_short_series(pd.Series([len(frame)]), schema.max_encoder_length + schema.max_prediction_length)
+    return add_calendar(frame, schema.time_col, schema.calendar), freq
+
+
+def cutoff_index(start: np.ndarray, length: np.ndarray, freq: str, at) -> np.ndarray:
+    """Per series, the first grid step at or after `at`: a timestamp, or a fraction of each series' span."""
+    if isinstance(at, (int, float)) and not isinstance(at, bool) and 0 < float(at) < 1:
+        return np.floor(length * float(at)).astype(np.int64)
+    try:
+        ts = pd.Timestamp(at)
+    except (ValueError, TypeError) as e:
+        raise SchemaError(f"split point {at!r} is neither a fraction in (0, 1) nor a timestamp") from e
+    offset = pd.tseries.frequencies.to_offset(freq)
+    out = np.empty(len(start), np.int64)
+    for i, (s, n) in enumerate(zip(start, length)):
+        # count grid steps before `ts`; date_range handles calendar offsets (months) exactly
+        steps = pd.date_range(pd.Timestamp(s), periods=int(n), freq=offset)
+        out[i] = int(np.searchsorted(steps.as_unit("ns").asi8, ts.as_unit("ns").value, side="left"))
+    return out
+
+
+def split_points(start: np.ndarray, length: np.ndarray, freq: str, val_start, test_start) -> tuple[np.ndarray, np.ndarray]:
+    """(val_idx, test_idx) per series: the first validation and first test step on its grid."""
+    val_idx = cutoff_index(start, length, freq, val_start)
+    test_idx = cutoff_index(start, length, freq, test_start)
+    if (test_idx < val_idx).any():
+        raise SchemaError(f"val_start ({val_start}) must come before test_start ({test_start})")
+    return val_idx, test_idx
+
+
+def seasonal_period(freq: str) -> int:
+    """The usual seasonal period of a frequency: a day for sub-daily data, a week of days, a year of months."""
+    offset = pd.tseries.frequencies.to_offset(freq)
+    name = offset.name.upper()
+    if name.startswith(("M", "BM", "SM")):
+        return 12
+    if name.startswith(("Q", "BQ")):
+        return 4
+    if name.startswith(("Y", "A", "BY", "BA")):
+        return 1
+    if name.startswith("W"):
+        return 52
+    delta = pd.Timedelta(offset)
+    if delta >= pd.Timedelta("1D"):
+        return max(1, int(round(7 / (delta / pd.Timedelta("1D")))))
+    return max(1, int(round(pd.Timedelta("1D") / delta)))

@@ -1,0 +1,98 @@
+"""Forecasts and metrics on the validation/test windows; `fusioncast-eval ckpt_path=...`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fusioncast.data.datamodule import TimeSeriesDataModule
+from fusioncast.metrics import forecast_metrics, seasonal_naive
+from fusioncast.models.module import TFTModule
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def predict_split(module: TFTModule, dm: TimeSeriesDataModule, split: str) -> dict[str, np.ndarray]:
+    """Quantile forecasts (target units) for every window of a split, with actuals and encoder targets."""
+    module.eval()
+    out: dict[str, list] = {k: [] for k in ("pred", "target", "mask", "series", "decoder_start", "enc_y", "enc_mask", "scale")}
+    for b in dm.loader(split, device=module.device, shuffle=False):
+        out["pred"].append(module(*b.inputs()).float())
+        out["target"].append(b.target)
+        out["mask"].append(b.target_mask)
+        out["series"].append(b.series)
+        out["decoder_start"].append(b.decoder_start)
+        out["enc_y"].append(b.encoder_real[..., 0])
+        out["enc_mask"].append(b.encoder_mask)
+        out["scale"].append(b.target_scale[:, 1])
+    return {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+
+
+def split_metrics(p: dict[str, np.ndarray], dm: TimeSeriesDataModule, quantiles: list[float]) -> tuple[dict, dict]:
+    """(model metrics, seasonal-naive metrics) on the same windows."""
+    scale = dm.mase_scale[p["series"]]
+    ours = forecast_metrics(p["target"], p["mask"], p["pred"], quantiles, scale, p["scale"])
+    naive = seasonal_naive(p["enc_y"], p["enc_mask"], p["target"].shape[1], dm.seasonal_period)
+    base = forecast_metrics(p["target"], p["mask"], np.repeat(naive[..., None], len(quantiles), -1), quantiles, scale,
+                            p["scale"])
+    ours["n_windows"] = base["n_windows"] = int(len(p["series"]))
+    return ours, base
+
+
+def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "test")) -> dict:
+    """metrics.json's content: a block per split and a `baseline` block with the same metrics."""
+    metrics: dict = {"baseline": {}, "seasonal_period": dm.seasonal_period}
+    for split in splits:
+        ours, base = split_metrics(predict_split(module, dm, split), dm, list(module.hparams.quantiles))
+        metrics[split], metrics["baseline"][split] = ours, base
+    return metrics
+
+
+def write_metrics(metrics: dict, output_dir: str | Path) -> Path:
+    path = Path(output_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2))
+    for split in ("val", "test"):
+        if split in metrics:
+            log.info("%s: MAE %.4g (seasonal naive %.4g), coverage P10-P90 %.2f", split, metrics[split]["mae"],
+                     metrics["baseline"][split]["mae"], metrics[split]["coverage_p10_p90"])
+    return path
+
+
+def load_checkpoint(ckpt_path: str, data_overrides: dict | None = None, device: str | None = None):
+    """(module, datamodule) from a checkpoint: the data config and fitted preprocessing travel in it.
+
+    `data_overrides` replace keys of the stored data config (e.g. `path` to point at another copy).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = ckpt.get(TimeSeriesDataModule.__qualname__)
+    if state is None:
+        raise ValueError(f"{ckpt_path} is not a fusioncast checkpoint (no {TimeSeriesDataModule.__qualname__} state)")
+    hparams = {**state["hparams"], **{k: v for k, v in (data_overrides or {}).items() if v is not None}}
+    dm = TimeSeriesDataModule(**hparams)
+    dm.load_state_dict(state)
+    dm.setup("test")
+    module = TFTModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=False)
+    return module, dm
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")
+def main(cfg: DictConfig) -> None:
+    """Recompute metrics.json (val, test, baseline) from a checkpoint into this run's output directory."""
+    overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
+    module, dm = load_checkpoint(cfg.ckpt_path, overrides)
+    metrics = evaluate_model(module, dm)
+    metrics["checkpoint"] = str(cfg.ckpt_path)
+    print(f"wrote {write_metrics(metrics, cfg.paths.output_dir)}")
+
+
+if __name__ == "__main__":
+    main()

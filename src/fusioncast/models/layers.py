@@ -1,0 +1,150 @@
+"""Building blocks of the Temporal Fusion Transformer (Lim et al. 2021).
+
+Blocks can run "per variable": with ``num_vars`` set, each of the V variables gets its own
+weights, held as one (V, in, out) tensor and applied with a single einsum. A variable selection
+network over V inputs then costs a few batched matmuls instead of a Python loop of V GRNs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class VarLinear(nn.Module):
+    """Independent linear maps, one per variable: (..., V, in) -> (..., V, out)."""
+
+    def __init__(self, num_vars: int, in_features: int, out_features: int):
+        super().__init__()
+        # nn.Linear's default init (uniform in +-1/sqrt(fan_in)), so shared and per-variable
+        # blocks start from the same scale.
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(num_vars, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(num_vars, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("...vi,vio->...vo", x, self.weight) + self.bias
+
+
+class VarLayerNorm(nn.Module):
+    """LayerNorm over the last axis with separate affine parameters per variable: (..., V, d)."""
+
+    def __init__(self, num_vars: int, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_vars, size))
+        self.bias = nn.Parameter(torch.zeros(num_vars, size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape[-1:]) * self.weight + self.bias
+
+
+def _linear(in_features: int, out_features: int, num_vars: int | None) -> nn.Module:
+    return nn.Linear(in_features, out_features) if num_vars is None else VarLinear(num_vars, in_features, out_features)
+
+
+def _layer_norm(size: int, num_vars: int | None) -> nn.Module:
+    return nn.LayerNorm(size) if num_vars is None else VarLayerNorm(num_vars, size)
+
+
+class GateAddNorm(nn.Module):
+    """LayerNorm(skip + GLU(dropout(x))): TFT's gated residual connection.
+
+    The GLU gate lets the network switch a whole block off (gate -> 0, leaving only the skip)
+    where the data does not need it.
+    """
+
+    def __init__(self, input_size: int, output_size: int, dropout: float, num_vars: int | None = None):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.glu = _linear(input_size, 2 * output_size, num_vars)
+        self.norm = _layer_norm(output_size, num_vars)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.norm(skip + F.glu(self.glu(self.dropout(x)), dim=-1))
+
+
+class GatedResidualNetwork(nn.Module):
+    """GRN(a, c) = LayerNorm(skip(a) + GLU(W1 ELU(W2 a + W3 c + b2) + b1)), eqs. (2)-(5).
+
+    ``context`` (the static context c) is optional and broadcast against ``a``; per-variable
+    GRNs (``num_vars`` set) take no context, as in the paper.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        dropout: float,
+        context_size: int | None = None,
+        num_vars: int | None = None,
+    ):
+        super().__init__()
+        assert context_size is None or num_vars is None, "per-variable GRNs take no context"
+        self.skip = _linear(input_size, output_size, num_vars) if input_size != output_size else None
+        self.fc1 = _linear(input_size, hidden_size, num_vars)
+        self.context = nn.Linear(context_size, hidden_size, bias=False) if context_size else None
+        self.fc2 = _linear(hidden_size, hidden_size, num_vars)
+        self.gate = GateAddNorm(hidden_size, output_size, dropout, num_vars)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        skip = x if self.skip is None else self.skip(x)
+        h = self.fc1(x)
+        if self.context is not None:
+            h = h + self.context(context)
+        return self.gate(self.fc2(F.elu(h)), skip)
+
+
+class VariableSelectionNetwork(nn.Module):
+    """Per-variable GRNs mixed with learned softmax weights, eqs. (6)-(8).
+
+    Input: embeddings (..., V, d) and an optional context broadcastable to (..., d).
+    Returns the mixed embedding (..., d) and the selection weights (..., V), which sum to 1.
+    """
+
+    def __init__(self, num_vars: int, hidden_size: int, dropout: float, context_size: int | None = None):
+        super().__init__()
+        self.weights_grn = GatedResidualNetwork(num_vars * hidden_size, hidden_size, num_vars, dropout, context_size)
+        self.var_grns = GatedResidualNetwork(hidden_size, hidden_size, hidden_size, dropout, num_vars=num_vars)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        weights = self.weights_grn(x.flatten(-2), context).softmax(dim=-1)
+        mixed = (self.var_grns(x) * weights.unsqueeze(-1)).sum(dim=-2)
+        return mixed, weights
+
+
+class InterpretableMultiHeadAttention(nn.Module):
+    """Multi-head attention whose heads share one value projection and are averaged, eqs. (13)-(16).
+
+    Each head keeps its own query/key projections, but since all heads read the same values,
+    their average attention is one matrix that explains which time steps the forecast used.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        assert hidden_size % num_heads == 0, "hidden_size must be divisible by attention_heads"
+        self.num_heads = num_heads
+        self.head_size = hidden_size // num_heads
+        self.query = nn.Linear(hidden_size, hidden_size)  # all heads' query projections side by side
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, self.head_size)  # shared by every head
+        self.out = nn.Linear(self.head_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """query (B, Tq, d), memory (B, Tk, d), mask (B, Tq, Tk) bool, True = may attend.
+
+        Returns the output (B, Tq, d) and the head-averaged attention (B, Tq, Tk).
+        """
+        heads = (self.num_heads, self.head_size)
+        q = self.query(query).unflatten(-1, heads).transpose(1, 2)  # (B, nh, Tq, hs)
+        k = self.key(memory).unflatten(-1, heads).transpose(1, 2)  # (B, nh, Tk, hs)
+        scores = (q * self.head_size**-0.5) @ k.transpose(-2, -1)
+        # The dtype's own minimum rather than a literal like -1e9: that overflows to -inf in fp16,
+        # and a row of only -inf softmaxes to NaN, while a row of equal finite minima is uniform.
+        scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
+        attention = scores.softmax(dim=-1).mean(dim=1)
+        return self.out(self.dropout(attention @ self.value(memory))), attention

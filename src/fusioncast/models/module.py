@@ -1,0 +1,83 @@
+"""LightningModule around the TFT: masked quantile loss, metrics on device, optimiser and scheduler."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from fusioncast.data.windows import Batch
+from fusioncast.models.tft import TemporalFusionTransformer
+
+
+def quantile_loss(pred: Tensor, target: Tensor, mask: Tensor, quantiles: Tensor, scale: Tensor) -> Tensor:
+    """Pinball loss averaged over observed points, in units of each series' target scale.
+
+    pred (B, H, Q), target/mask (B, H), quantiles (Q,), scale (B,). Dividing by the series scale makes
+    every series count alike, whatever its level; unobserved points (gaps) contribute nothing.
+    """
+    err = (target.unsqueeze(-1) - pred.float()) / scale[:, None, None]
+    loss = torch.maximum(quantiles * err, (quantiles - 1) * err).sum(-1)
+    mask = mask.to(loss.dtype)
+    return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class TFTModule(L.LightningModule):
+    """Trains a TemporalFusionTransformer; `data_kwargs` comes from the fitted preprocessing."""
+
+    def __init__(
+        self,
+        data_kwargs: dict,
+        hidden_size: int = 64,
+        attention_heads: int = 4,
+        dropout: float = 0.1,
+        lstm_layers: int = 1,
+        quantiles: list[float] = (0.1, 0.5, 0.9),
+        optimizer: partial | None = None,
+        scheduler: partial | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = TemporalFusionTransformer(
+            **data_kwargs, quantiles=list(quantiles), hidden_size=hidden_size,
+            attention_heads=attention_heads, dropout=dropout, lstm_layers=lstm_layers,
+        )
+        self.register_buffer("quantiles", torch.tensor(list(quantiles), dtype=torch.float32), persistent=False)
+        self.median = min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))
+
+    def forward(self, *inputs: Tensor, return_interpretation: bool = False):
+        return self.net(*inputs, return_interpretation=return_interpretation)
+
+    def _step(self, batch: Batch, stage: str) -> Tensor:
+        pred = self(*batch.inputs())
+        loss = quantile_loss(pred, batch.target, batch.target_mask, self.quantiles, batch.target_scale[:, 1])
+        # logged on epoch only: Lightning accumulates on device, so there is no host sync per step
+        n = batch.series.shape[0]
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=stage != "train")
+        if stage != "train":
+            mask = batch.target_mask.float()
+            mae = ((pred[..., self.median].float() - batch.target).abs() * mask).sum() / mask.sum().clamp_min(1.0)
+            self.log(f"{stage}/mae", mae, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
+
+    def configure_optimizers(self):
+        make = self.hparams.optimizer or partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4)
+        opt = make(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=opt),
+                                                   "monitor": "val/loss", "interval": "epoch"}}

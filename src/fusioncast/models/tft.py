@@ -1,0 +1,231 @@
+"""Temporal Fusion Transformer (Lim et al. 2021, https://arxiv.org/abs/1912.09363).
+
+Windows have fixed length: L encoder steps (the history, left-padded and masked) and H decoder
+steps (the horizon). Inputs come in raw units and outputs leave in target units: normalisation
+lives inside the model so that an exported ONNX graph is self-contained.
+
+Variable order, as used by the interpretation weights:
+  static:  static categoricals, static reals, target center/scale, target log-scale
+  encoder: encoder categoricals (known, then unknown), target, known reals, unknown reals
+  decoder: known categoricals, known reals
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import GateAddNorm, GatedResidualNetwork, InterpretableMultiHeadAttention, VariableSelectionNetwork
+
+# Floor for the per-series target scale: a constant series has scale 0.
+MIN_TARGET_SCALE = 1e-6
+
+
+class TemporalFusionTransformer(nn.Module):
+    """Quantile forecaster over fixed (L, H) windows; see the module docstring for variable order."""
+
+    def __init__(
+        self,
+        *,
+        static_categorical_cardinalities: list[int],
+        encoder_categorical_cardinalities: list[int],
+        num_known_categoricals: int,
+        num_static_reals: int,
+        num_known_reals: int,
+        num_unknown_reals: int,
+        max_encoder_length: int,
+        max_prediction_length: int,
+        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        hidden_size: int = 64,
+        attention_heads: int = 4,
+        dropout: float = 0.1,
+        lstm_layers: int = 1,
+        real_center: list[float] | None = None,
+        real_scale: list[float] | None = None,
+    ):
+        super().__init__()
+        assert 0 <= num_known_categoricals <= len(encoder_categorical_cardinalities)
+        self.max_encoder_length = max_encoder_length
+        self.max_prediction_length = max_prediction_length
+        self.quantiles = [float(q) for q in quantiles]
+        self.num_static_categoricals = len(static_categorical_cardinalities)
+        self.num_encoder_categoricals = len(encoder_categorical_cardinalities)
+        self.num_known_categoricals = num_known_categoricals
+        self.num_static_reals = num_static_reals
+        self.num_known_reals = num_known_reals
+        self.num_unknown_reals = num_unknown_reals
+        # +2 static: the target's center/scale and log-scale (pytorch-forecasting's add_target_scales),
+        # so one model can serve series of very different levels.
+        self.num_static_vars = self.num_static_categoricals + num_static_reals + 2
+        self.num_encoder_vars = self.num_encoder_categoricals + 1 + num_known_reals + num_unknown_reals
+        self.num_decoder_vars = num_known_categoricals + num_known_reals
+        d = hidden_size
+
+        # Raw -> normalised reals, order: static, known, unknown. Buffers, so they ship with the weights.
+        num_reals = num_static_reals + num_known_reals + num_unknown_reals
+        center = torch.zeros(num_reals) if real_center is None else torch.tensor(real_center, dtype=torch.float32)
+        scale = torch.ones(num_reals) if real_scale is None else torch.tensor(real_scale, dtype=torch.float32)
+        assert center.shape == scale.shape == (num_reals,), "real_center/real_scale need one entry per real"
+        self.register_buffer("real_center", center)
+        self.register_buffer("real_scale", scale)
+
+        # Categoricals: one embedding table, each variable offset into its own block of rows.
+        # Variables: static categoricals, then encoder ones; the decoder reuses the known ones.
+        cards = [*static_categorical_cardinalities, *encoder_categorical_cardinalities]
+        self.cat_embedding = nn.Embedding(sum(cards), d) if cards else None
+        self.register_buffer("cat_cardinalities", torch.tensor(cards, dtype=torch.long), persistent=False)
+        offsets = torch.tensor([0, *cards], dtype=torch.long).cumsum(0)[:-1]
+        self.register_buffer("cat_offsets", offsets, persistent=False)
+        n_sc = self.num_static_categoricals
+        self.static_cat_vars = slice(0, n_sc)
+        self.encoder_cat_vars = slice(n_sc, None)
+        self.known_cat_vars = slice(n_sc, n_sc + num_known_categoricals)
+
+        # Reals: a Linear(1, d) per variable, stacked into rows: static reals, the 2 target-scale
+        # features, target, known reals, unknown reals. The decoder reuses the known rows.
+        t = num_static_reals + 2
+        self.static_real_rows = slice(0, t)
+        self.target_rows = slice(t, t + 1)
+        self.covariate_rows = slice(t + 1, None)
+        self.known_real_rows = slice(t + 1, t + 1 + num_known_reals)
+        num_real_vars = t + 1 + num_known_reals + num_unknown_reals
+        self.real_weight = nn.Parameter(torch.empty(num_real_vars, d).uniform_(-1, 1))  # nn.Linear(1, d) init
+        self.real_bias = nn.Parameter(torch.empty(num_real_vars, d).uniform_(-1, 1))
+        # Stands in for the target's embedding where it is unobserved, so a gap differs from a 0.
+        self.target_missing = nn.Parameter(torch.randn(d))
+
+        self.static_vsn = VariableSelectionNetwork(self.num_static_vars, d, dropout)
+        self.encoder_vsn = VariableSelectionNetwork(self.num_encoder_vars, d, dropout, context_size=d)
+        # With no future inputs at all, the decoder still needs a (B, H, d) sequence to unroll the
+        # LSTM over: a learned per-horizon-step embedding.
+        self.decoder_vsn = VariableSelectionNetwork(self.num_decoder_vars, d, dropout, context_size=d) if self.num_decoder_vars else None
+        self.decoder_no_input = nn.Parameter(torch.randn(max_prediction_length, d)) if not self.num_decoder_vars else None
+
+        # Static covariate encoders: the four contexts of section 4.3.
+        self.context_selection = GatedResidualNetwork(d, d, d, dropout)
+        self.context_enrichment = GatedResidualNetwork(d, d, d, dropout)
+        self.context_state_h = GatedResidualNetwork(d, d, d, dropout)
+        self.context_state_c = GatedResidualNetwork(d, d, d, dropout)
+
+        # nn.LSTM (cuDNN in training) exports as an ONNX LSTM op with the dynamo exporter.
+        lstm_dropout = dropout if lstm_layers > 1 else 0.0
+        self.lstm_encoder = nn.LSTM(d, d, lstm_layers, batch_first=True, dropout=lstm_dropout)
+        self.lstm_decoder = nn.LSTM(d, d, lstm_layers, batch_first=True, dropout=lstm_dropout)
+        self.post_lstm_gate = GateAddNorm(d, d, dropout)
+
+        self.static_enrichment = GatedResidualNetwork(d, d, d, dropout, context_size=d)
+        self.attention = InterpretableMultiHeadAttention(d, attention_heads, dropout)
+        self.post_attention_gate = GateAddNorm(d, d, dropout)
+        self.positionwise_grn = GatedResidualNetwork(d, d, d, dropout)
+        self.pre_output_gate = GateAddNorm(d, d, dropout=0.0)  # skip over the whole temporal block
+        self.output = nn.Linear(d, len(self.quantiles))
+
+        # Decoder step i sees decoder steps <= i (plus every observed encoder step).
+        causal = torch.ones(max_prediction_length, max_prediction_length, dtype=torch.bool).tril()
+        self.register_buffer("causal_mask", causal, persistent=False)
+
+    def _embed_categoricals(self, codes: Tensor, variables: slice) -> Tensor:
+        """Codes (..., n) -> (..., n, d). Out-of-range codes fall back to the unknown bucket 0."""
+        cards = self.cat_cardinalities[variables]
+        codes = torch.where((codes >= 0) & (codes < cards), codes, 0)
+        return self.cat_embedding(codes + self.cat_offsets[variables])
+
+    def _embed_reals(self, x: Tensor, rows: slice) -> Tensor:
+        """Normalised reals (..., n) -> (..., n, d): x * W[v] + b[v] per variable v."""
+        return x.unsqueeze(-1) * self.real_weight[rows] + self.real_bias[rows]
+
+    def forward(
+        self,
+        static_cat: Tensor,
+        static_real: Tensor,
+        encoder_cat: Tensor,
+        encoder_real: Tensor,
+        decoder_cat: Tensor,
+        decoder_real: Tensor,
+        encoder_mask: Tensor,
+        target_scale: Tensor,
+        return_interpretation: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Quantile forecasts (B, H, Q) in target units.
+
+        Shapes: static_cat (B, n_static_cat) int64, static_real (B, n_static_real),
+        encoder_cat (B, L, n_encoder_cat) int64, encoder_real (B, L, 1 + n_known_real +
+        n_unknown_real) with the target in column 0, decoder_cat (B, H, n_known_cat) int64,
+        decoder_real (B, H, n_known_real), encoder_mask (B, L) bool (True = target observed),
+        target_scale (B, 2) = (center, scale). Reals are in raw units.
+
+        With ``return_interpretation`` also returns the static (B, n_static_vars), encoder
+        (B, L, n_encoder_vars) and decoder (B, H, n_decoder_vars) selection weights and the
+        head-averaged attention (B, H, L + H).
+        """
+        L, H = self.max_encoder_length, self.max_prediction_length
+        ns, nk = self.num_static_reals, self.num_known_reals
+        center = target_scale[:, 0:1]
+        scale = target_scale[:, 1:2].clamp_min(MIN_TARGET_SCALE)
+
+        # Normalise. Unobserved target steps become 0 so that no filler value (not even inf/NaN)
+        # reaches the embedding or its gradient; their embedding is swapped out below anyway.
+        target = torch.where(encoder_mask, (encoder_real[..., 0] - center) / scale, 0.0)
+        encoder_covariates = (encoder_real[..., 1:] - self.real_center[ns:]) / self.real_scale[ns:]
+        decoder_real = (decoder_real - self.real_center[ns : ns + nk]) / self.real_scale[ns : ns + nk]
+        static_real = (static_real - self.real_center[:ns]) / self.real_scale[:ns]
+        # asinh keeps huge center/scale ratios (stable series far from 0) in a sane range.
+        target_level = torch.cat([torch.asinh(center / scale), scale.log()], dim=-1)
+
+        # Embed every variable to (..., n_vars, d), grouped by the network that selects among them.
+        # Where the target is unobserved its embedding is a learned "missing" vector instead.
+        target_x = self._embed_reals(target.unsqueeze(-1), self.target_rows)
+        static_x = [self._embed_reals(torch.cat([static_real, target_level], dim=-1), self.static_real_rows)]
+        encoder_x = [
+            torch.where(encoder_mask[..., None, None], target_x, self.target_missing),
+            self._embed_reals(encoder_covariates, self.covariate_rows),
+        ]
+        decoder_x = [self._embed_reals(decoder_real, self.known_real_rows)]
+        if self.cat_embedding is not None:
+            static_x.insert(0, self._embed_categoricals(static_cat, self.static_cat_vars))
+            encoder_x.insert(0, self._embed_categoricals(encoder_cat, self.encoder_cat_vars))
+            decoder_x.insert(0, self._embed_categoricals(decoder_cat, self.known_cat_vars))
+
+        # Static covariate encoders.
+        static_embedding, static_weights = self.static_vsn(torch.cat(static_x, dim=-2))
+        context_selection = self.context_selection(static_embedding).unsqueeze(1)
+        context_enrichment = self.context_enrichment(static_embedding).unsqueeze(1)
+
+        # Temporal variable selection, conditioned on the static context.
+        encoder_embedding, encoder_weights = self.encoder_vsn(torch.cat(encoder_x, dim=-2), context_selection)
+        if self.decoder_vsn is not None:
+            decoder_embedding, decoder_weights = self.decoder_vsn(torch.cat(decoder_x, dim=-2), context_selection)
+        else:
+            batch = static_embedding.shape[0]
+            decoder_embedding = self.decoder_no_input.expand(batch, -1, -1)
+            decoder_weights = static_embedding.new_zeros(batch, H, 0)
+
+        # Sequence-to-sequence LSTM seeded with the static state (the same for every layer), then
+        # a gated skip around it.
+        layers = self.lstm_encoder.num_layers
+        state = tuple(
+            grn(static_embedding).unsqueeze(0).expand(layers, -1, -1).contiguous()
+            for grn in (self.context_state_h, self.context_state_c)
+        )
+        encoder_output, state = self.lstm_encoder(encoder_embedding, state)
+        decoder_output, _ = self.lstm_decoder(decoder_embedding, state)
+        temporal = self.post_lstm_gate(
+            torch.cat([encoder_output, decoder_output], dim=1),
+            torch.cat([encoder_embedding, decoder_embedding], dim=1),
+        )
+
+        # Static enrichment, then attention from the decoder steps over the whole window.
+        enriched = self.static_enrichment(temporal, context_enrichment)
+        batch_mask = encoder_mask.unsqueeze(1).expand(-1, H, -1)
+        mask = torch.cat([batch_mask, self.causal_mask.expand(batch_mask.shape[0], -1, -1)], dim=-1)
+        attended, attention = self.attention(enriched[:, L:], enriched, mask)
+        x = self.post_attention_gate(attended, enriched[:, L:])
+        x = self.positionwise_grn(x)
+        x = self.pre_output_gate(x, temporal[:, L:])
+
+        quantiles = self.output(x) * scale.unsqueeze(-1) + center.unsqueeze(-1)
+        if not return_interpretation:
+            return quantiles
+        return quantiles, static_weights, encoder_weights, decoder_weights, attention

@@ -1,0 +1,67 @@
+"""`fusioncast-train`: Hydra entry. fit → best checkpoint → val/test metrics.json → (export)."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fusioncast.evaluate import evaluate_model, write_metrics
+from fusioncast.models.module import TFTModule
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_list(cfg: DictConfig | None) -> list:
+    """Instantiate every `_target_` entry of a group like `callbacks` or `logger` (None entries skipped)."""
+    if not cfg:
+        return []
+    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train, evaluate and write metrics.json into cfg.paths.output_dir; returns the metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+    dm.setup("fit")
+    module: TFTModule = hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+    callbacks = instantiate_list(cfg.get("callbacks"))
+    loggers = instantiate_list(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        log.info("best checkpoint: %s", best)
+        module = TFTModule.load_from_checkpoint(best, map_location=module.device, weights_only=False)
+    metrics = {}
+    if trainer.is_global_zero:
+        metrics = evaluate_model(module, dm)
+        metrics["best_checkpoint"] = best
+        throughput = [c for c in callbacks if hasattr(c, "history") and c.history]
+        if throughput:
+            metrics["train_samples_per_sec"] = float(torch.tensor(throughput[0].history).median())
+        write_metrics(metrics, cfg.paths.output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # the value an Optuna sweep minimises: `optimized_metric` as "split/metric", e.g. "val/mae"
+    name = cfg.get("optimized_metric")
+    if name and metrics:
+        split, metric = name.split("/")
+        return float(metrics[split][metric])
+    return None
+
+
+if __name__ == "__main__":
+    main()

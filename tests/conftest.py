@@ -1,0 +1,72 @@
+"""Shared fixtures: the real Hydra config with tiny overrides (lightning-hydra-template style)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(ROOT / "src" / "fusioncast" / "configs")
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# tests read the shared real sets; they never download
+if SHARED_DATA.exists():
+    os.environ.setdefault("FUSIONCAST_DATA_DIR", str(SHARED_DATA))
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def needs_shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+# tiny synthetic set and model: a whole training takes a few seconds
+TINY = [
+    "data.synthetic.n_zones=3",
+    "data.synthetic.days=21",
+    "data.max_encoder_length=24",
+    "data.max_prediction_length=12",
+    "data.batch_size=64",
+    "model.hidden_size=16",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=8",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def compose_config(config_name: str, tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """Compose a config exactly as the console scripts do, writing into tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def cfg_train(tmp_path) -> DictConfig:
+    return compose_config("train.yaml", tmp_path, TINY)
