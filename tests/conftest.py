@@ -63,6 +63,7 @@ def compose_config(config_name: str, tmp_path: Path, overrides: list[str]) -> Di
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
         cfg.paths.log_dir = str(tmp_path)
+        del cfg.hydra  # as in a real run: the task function never sees the hydra node
     GlobalHydra.instance().clear()
     return cfg
 

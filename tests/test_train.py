@@ -54,7 +54,7 @@ def test_custom_table_trains_from_overrides_alone(tmp_path):
         "data.time_varying_unknown_reals=[HUFL,HULL,MUFL,MULL,LUFL,LULL]", "data.max_encoder_length=48",
         "data.max_prediction_length=12", "data.val_start=0.6", "data.test_start=0.8", "model.hidden_size=8",
         "trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.eval_stride=24",
-        "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2",
     ])
     metrics = train(cfg)
     assert metrics["seasonal_period"] == 24  # hourly frequency inferred from the table
