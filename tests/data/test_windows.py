@@ -130,3 +130,15 @@ def test_future_targets_and_observed_inputs_cannot_change_a_forecast(dm):
     assert not torch.equal(b.target[first], b2.target[first])  # the perturbation did reach the windows
     with torch.no_grad():
         assert torch.equal(base[first], net(*b2.inputs())[first])
+
+
+def test_short_encoders_are_padded_and_masked():
+    dm = TimeSeriesDataModule(**{**SYNTH, "min_encoder_length": 6})
+    dm.setup()
+    series, starts = dm.windows("train")
+    assert starts.min() == 6  # decoders start 6 steps in, not 24
+    b = dm.tensors().gather(torch.as_tensor(series[:1]), torch.as_tensor(starts[:1]))
+    s = int(series[0])
+    assert not b.encoder_mask[0, :18].any()  # 18 steps before the series' start: padding
+    assert torch.equal(b.encoder_mask[0, 18:], torch.as_tensor(dm.enc.observed[s, :6]))
+    assert torch.equal(b.encoder_real[0, 18:], torch.as_tensor(dm.enc.real[s, :6]))

@@ -39,6 +39,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         freq: str | None = None,
         max_encoder_length: int = 24,
         max_prediction_length: int = 6,
+        min_encoder_length: int | None = None,
         val_start: float | str = 0.7,
         test_start: float | str = 0.85,
         seasonal_period: int | None = None,
@@ -96,7 +97,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
     def windows(self, split: str, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
         s = self.schema
         return window_index(self.enc.length, self.enc.observed, self.val_idx, self.test_idx,
-                            s.max_encoder_length, s.max_prediction_length, split, stride)
+                            s.max_encoder_length, s.max_prediction_length, split, stride,
+                            self.hparams.min_encoder_length)
 
     def model_kwargs(self) -> dict:
         """The dataset-dependent arguments of TemporalFusionTransformer (after setup)."""

@@ -39,8 +39,13 @@ class Batch(NamedTuple):
 
 
 def window_index(length: np.ndarray, observed: np.ndarray, val_idx: np.ndarray, test_idx: np.ndarray,
-                 L: int, H: int, split: str, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 L: int, H: int, split: str, stride: int = 1, min_encoder_length: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(series, decoder_start) of every window of a split.
+
+    A decoder may start as early as `min_encoder_length` (default L) steps into a series; the encoder
+    steps before the series' start are then padding, masked like gaps (pytorch-forecasting's
+    min_encoder_length: short histories give many more training windows).
 
     A window's decoder lies wholly inside its split (train: before val_idx; val: [val_idx, test_idx);
     test: from test_idx on), so no window's targets, nor its encoder, reach into a later split.
@@ -50,7 +55,8 @@ def window_index(length: np.ndarray, observed: np.ndarray, val_idx: np.ndarray, 
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     series, starts = [], []
     for s, n in enumerate(length):
-        lo = {"train": L, "val": max(L, val_idx[s]), "test": max(L, test_idx[s])}[split]
+        first = L if min_encoder_length is None else max(1, min(min_encoder_length, L))
+        lo = {"train": first, "val": max(first, val_idx[s]), "test": max(first, test_idx[s])}[split]
         hi = {"train": val_idx[s], "val": test_idx[s], "test": n}[split] - H  # last valid decoder start
         if hi < lo:
             continue
@@ -85,7 +91,9 @@ class SeriesTensors:
         L, H = self.L, self.H
         t = (decoder_start - L)[:, None] + self.offsets  # (B, L+H) time steps
         s = series[:, None]
-        cat, real, obs = self.cat[s, t], self.real[s, t], self.observed[s, t]
+        # steps before a series' start (short encoders) read step 0 and are masked out
+        tc = t.clamp_min(0)
+        cat, real, obs = self.cat[s, tc], self.real[s, tc], self.observed[s, tc] & (t >= 0)
         return Batch(
             static_cat=self.static_cat[series],
             static_real=self.static_real[series],
