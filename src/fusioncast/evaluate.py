@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.metrics import forecast_metrics, seasonal_naive
 from fusioncast.models.module import TFTModule
+from fusioncast.report import write_plots, write_report
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def main(cfg: DictConfig) -> None:
     metrics = evaluate_model(module, dm)
     metrics["checkpoint"] = str(cfg.ckpt_path)
     print(f"wrote {write_metrics(metrics, cfg.paths.output_dir)}")
+    plot_paths = write_plots(module, dm, cfg.paths.output_dir)
+    print(f"wrote {write_report(metrics, plot_paths, cfg.paths.output_dir, title=f'fusioncast-eval: {dm.hparams.name}')}")
 
 
 if __name__ == "__main__":

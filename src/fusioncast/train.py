@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -11,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fusioncast.evaluate import evaluate_model, write_metrics
 from fusioncast.models.module import TFTModule
+from fusioncast.report import write_plots, write_report
+from fusioncast.tracking import log_results
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,12 @@ def train(cfg: DictConfig) -> dict:
         if throughput:
             metrics["train_samples_per_sec"] = float(torch.tensor(throughput[0].history).median())
         write_metrics(metrics, cfg.paths.output_dir)
+        plot_paths = write_plots(module, dm, cfg.paths.output_dir)
+        write_report(metrics, plot_paths, cfg.paths.output_dir, title=f"fusioncast-train: {cfg.data.name}")
+    # keep last (after any export): W&B gets the bundle, else the best checkpoint, as the model artifact
+    if trainer.is_global_zero:
+        bundle = Path(cfg.paths.output_dir) / "bundle"
+        log_results(loggers, metrics, plot_paths, bundle if bundle.is_dir() else best, cfg.data.name)
     return metrics
 
 
