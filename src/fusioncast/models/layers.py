@@ -42,7 +42,9 @@ class VarLayerNorm(nn.Module):
 
 
 def _linear(in_features: int, out_features: int, num_vars: int | None) -> nn.Module:
-    return nn.Linear(in_features, out_features) if num_vars is None else VarLinear(num_vars, in_features, out_features)
+    if num_vars is None:
+        return nn.Linear(in_features, out_features)
+    return VarLinear(num_vars, in_features, out_features)
 
 
 def _layer_norm(size: int, num_vars: int | None) -> nn.Module:
@@ -107,8 +109,9 @@ class VariableSelectionNetwork(nn.Module):
 
     def __init__(self, num_vars: int, hidden_size: int, dropout: float, context_size: int | None = None):
         super().__init__()
-        self.weights_grn = GatedResidualNetwork(num_vars * hidden_size, hidden_size, num_vars, dropout, context_size)
-        self.var_grns = GatedResidualNetwork(hidden_size, hidden_size, hidden_size, dropout, num_vars=num_vars)
+        d = hidden_size
+        self.weights_grn = GatedResidualNetwork(num_vars * d, d, num_vars, dropout, context_size)
+        self.var_grns = GatedResidualNetwork(d, d, d, dropout, num_vars=num_vars)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         weights = self.weights_grn(x.flatten(-2), context).softmax(dim=-1)

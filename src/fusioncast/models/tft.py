@@ -17,14 +17,27 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import GateAddNorm, GatedResidualNetwork, InterpretableMultiHeadAttention, VariableSelectionNetwork
+from .layers import (
+    GateAddNorm,
+    GatedResidualNetwork,
+    InterpretableMultiHeadAttention,
+    VariableSelectionNetwork,
+)
 
 # Floor for the per-series target scale: a constant series has scale 0.
 MIN_TARGET_SCALE = 1e-6
 
 
 class TemporalFusionTransformer(nn.Module):
-    """Quantile forecaster over fixed (L, H) windows; see the module docstring for variable order."""
+    """Quantile forecaster over fixed (L, H) windows; see the module docstring for variable order.
+
+    Categorical cardinalities count every code including the unknown bucket 0. The encoder's
+    categoricals list the known ones first (``num_known_categoricals`` of them; ``decoder_cat``
+    holds exactly these), then the observed-only ones. ``num_unknown_reals`` excludes the
+    target. ``real_center``/``real_scale`` normalise the reals (order: static, known, unknown)
+    and are saved as buffers; the target is normalised per series by ``target_scale``, whose
+    center/scale and log-scale also enter the static variable selection.
+    """
 
     def __init__(
         self,
@@ -65,9 +78,10 @@ class TemporalFusionTransformer(nn.Module):
 
         # Raw -> normalised reals, order: static, known, unknown. Buffers, so they ship with the weights.
         num_reals = num_static_reals + num_known_reals + num_unknown_reals
-        center = torch.zeros(num_reals) if real_center is None else torch.tensor(real_center, dtype=torch.float32)
-        scale = torch.ones(num_reals) if real_scale is None else torch.tensor(real_scale, dtype=torch.float32)
+        center = torch.zeros(num_reals) if real_center is None else torch.tensor(real_center, dtype=torch.float)
+        scale = torch.ones(num_reals) if real_scale is None else torch.tensor(real_scale, dtype=torch.float)
         assert center.shape == scale.shape == (num_reals,), "real_center/real_scale need one entry per real"
+        scale = torch.where(scale > 0, scale, 1.0)  # a constant feature has scale 0; leave it centred only
         self.register_buffer("real_center", center)
         self.register_buffer("real_scale", scale)
 
@@ -76,8 +90,7 @@ class TemporalFusionTransformer(nn.Module):
         cards = [*static_categorical_cardinalities, *encoder_categorical_cardinalities]
         self.cat_embedding = nn.Embedding(sum(cards), d) if cards else None
         self.register_buffer("cat_cardinalities", torch.tensor(cards, dtype=torch.long), persistent=False)
-        offsets = torch.tensor([0, *cards], dtype=torch.long).cumsum(0)[:-1]
-        self.register_buffer("cat_offsets", offsets, persistent=False)
+        self.register_buffer("cat_offsets", torch.tensor([0, *cards]).cumsum(0)[:-1], persistent=False)
         n_sc = self.num_static_categoricals
         self.static_cat_vars = slice(0, n_sc)
         self.encoder_cat_vars = slice(n_sc, None)
@@ -100,8 +113,12 @@ class TemporalFusionTransformer(nn.Module):
         self.encoder_vsn = VariableSelectionNetwork(self.num_encoder_vars, d, dropout, context_size=d)
         # With no future inputs at all, the decoder still needs a (B, H, d) sequence to unroll the
         # LSTM over: a learned per-horizon-step embedding.
-        self.decoder_vsn = VariableSelectionNetwork(self.num_decoder_vars, d, dropout, context_size=d) if self.num_decoder_vars else None
-        self.decoder_no_input = nn.Parameter(torch.randn(max_prediction_length, d)) if not self.num_decoder_vars else None
+        if self.num_decoder_vars:
+            self.decoder_vsn = VariableSelectionNetwork(self.num_decoder_vars, d, dropout, context_size=d)
+            self.decoder_no_input = None
+        else:
+            self.decoder_vsn = None
+            self.decoder_no_input = nn.Parameter(torch.randn(max_prediction_length, d))
 
         # Static covariate encoders: the four contexts of section 4.3.
         self.context_selection = GatedResidualNetwork(d, d, d, dropout)
@@ -169,7 +186,8 @@ class TemporalFusionTransformer(nn.Module):
         # reaches the embedding or its gradient; their embedding is swapped out below anyway.
         target = torch.where(encoder_mask, (encoder_real[..., 0] - center) / scale, 0.0)
         encoder_covariates = (encoder_real[..., 1:] - self.real_center[ns:]) / self.real_scale[ns:]
-        decoder_real = (decoder_real - self.real_center[ns : ns + nk]) / self.real_scale[ns : ns + nk]
+        known = slice(ns, ns + nk)
+        decoder_real = (decoder_real - self.real_center[known]) / self.real_scale[known]
         static_real = (static_real - self.real_center[:ns]) / self.real_scale[:ns]
         # asinh keeps huge center/scale ratios (stable series far from 0) in a sane range.
         target_level = torch.cat([torch.asinh(center / scale), scale.log()], dim=-1)
