@@ -102,3 +102,10 @@ def test_calendar_features_by_name(table):
     assert frame["hour"].iloc[:24].tolist() == [str(h) for h in range(24)]
     with pytest.raises(SchemaError, match="unknown calendar feature"):
         prepare_frame(table, schema(calendar=["fortnight"]))
+
+
+@pytest.mark.parametrize("freq,period", [("30min", 48), ("h", 24), ("15min", 96), ("D", 7), ("W", 52), ("MS", 12), ("QS", 4)])
+def test_seasonal_period_of_frequency(freq, period):
+    from fusioncast.data.frame import seasonal_period
+
+    assert seasonal_period(freq) == period

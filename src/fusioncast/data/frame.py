@@ -58,16 +58,20 @@ def split_points(start: np.ndarray, length: np.ndarray, freq: str, val_start, te
 def seasonal_period(freq: str) -> int:
     """The usual seasonal period of a frequency: a day for sub-daily data, a week of days, a year of months."""
     offset = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(offset, pd.offsets.Tick):  # fixed-length steps: hours, minutes, days
+        delta = pd.Timedelta(offset)
+        if delta >= pd.Timedelta("1D"):
+            return max(1, int(round(7 / (delta / pd.Timedelta("1D")))))
+        return max(1, int(round(pd.Timedelta("1D") / delta)))
     name = offset.name.upper()
-    if name.startswith(("M", "BM", "SM")):
-        return 12
+    if name == "D":  # a calendar day is no Tick in recent pandas
+        return 7
+    if name.startswith("W"):
+        return 52
     if name.startswith(("Q", "BQ")):
         return 4
     if name.startswith(("Y", "A", "BY", "BA")):
         return 1
-    if name.startswith("W"):
-        return 52
-    delta = pd.Timedelta(offset)
-    if delta >= pd.Timedelta("1D"):
-        return max(1, int(round(7 / (delta / pd.Timedelta("1D")))))
-    return max(1, int(round(pd.Timedelta("1D") / delta)))
+    if name.startswith(("M", "BM", "SM", "CBM")):
+        return 12
+    return 7 if name.startswith(("B", "C")) else 1  # business days: a week
