@@ -51,6 +51,7 @@ TINY = [
     "trainer.limit_train_batches=8",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "export=false",  # tests that need a bundle ask for one (tests/test_export.py)
 ]
 
 
@@ -71,3 +72,11 @@ def compose_config(config_name: str, tmp_path: Path, overrides: list[str]) -> Di
 @pytest.fixture
 def cfg_train(tmp_path) -> DictConfig:
     return compose_config("train.yaml", tmp_path, TINY)
+
+
+@pytest.fixture(scope="session")
+def real_bundle(tmp_path_factory):
+    """name -> a tiny model briefly trained on that shared real set and exported (tests/bundles.py)."""
+    from tests.bundles import BundleFactory
+
+    return BundleFactory(tmp_path_factory)

@@ -52,6 +52,10 @@ def train(cfg: DictConfig) -> dict:
         if throughput:
             metrics["train_samples_per_sec"] = float(torch.tensor(throughput[0].history).median())
         write_metrics(metrics, cfg.paths.output_dir)
+        if cfg.get("export"):
+            from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting
+
+            export_bundle(module, dm, Path(cfg.paths.output_dir) / "bundle", metrics=metrics, checkpoint=best or None)
         plot_paths = write_plots(module, dm, cfg.paths.output_dir)
         write_report(metrics, plot_paths, cfg.paths.output_dir, title=f"fusioncast-train: {cfg.data.name}")
     # keep last (after any export): W&B gets the bundle, else the best checkpoint, as the model artifact

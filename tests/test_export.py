@@ -1,0 +1,115 @@
+"""Export: ONNX parity with PyTorch on every shared real set, the bundle's contents, failure on
+disagreement, the int8 variant, and the export at the end of training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from fusioncast import export as export_mod
+from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES
+from fusioncast.export import ExportError, _Graph, check_parity, quantize_int8, real_windows, relative_difference
+from fusioncast.serve.bundle import Bundle, Model, sha256_file
+from fusioncast.train import train
+from tests.conftest import TINY, compose_config
+
+
+@pytest.mark.parametrize("name", ["nyc_taxi", "stallion", "etth1"])
+def test_onnx_matches_pytorch_on_real_validation_windows(real_bundle, name):
+    rb = real_bundle(name)
+    meta = json.loads((rb.path / "bundle.json").read_text())
+    assert meta["parity"]["max_rel_diff"] <= 1e-4 and meta["parity"]["split"] == "val"
+    # measured again here, independently: the serving session against the PyTorch module, batch 1 and many
+    model = Model(Bundle.load(rb.path), cache=False)
+    batch, split = real_windows(rb.dm, 100, "val")
+    assert split == "val"
+    inputs = {n: t.numpy() for n, t in zip(INPUT_NAMES, batch.inputs())}
+    with torch.inference_mode():
+        want = rb.module(*batch.inputs(), return_interpretation=True)
+    got = model(inputs, interpretation=True)
+    assert relative_difference(got[0], want[0].double().numpy(), inputs["target_scale"]) <= 1e-4
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4)
+    one = model({k: v[-1:] for k, v in inputs.items()})[0]
+    assert one.shape == (1, *want[0].shape[1:])
+    assert relative_difference(one, want[0][-1:].double().numpy(), inputs["target_scale"][-1:]) <= 1e-4
+    # and the forecasts are not trivially equal (e.g. constant): parity means something
+    assert np.ptp(got[0][..., 1]) > 0
+
+
+def test_bundle_is_self_contained_and_described(real_bundle):
+    rb = real_bundle("stallion")
+    meta = json.loads((rb.path / "bundle.json").read_text())
+    assert meta["format"] == "fusioncast-bundle" and meta["version"]
+    assert meta["model"]["sha256"] == sha256_file(rb.path / "model.onnx")
+    assert meta["freq"] == "MS" and meta["max_encoder_length"] == 36 and meta["quantiles"] == [0.1, 0.5, 0.9]
+    assert meta["schema"]["group_ids"] == ["agency", "sku"]
+    assert "Agency_01" in meta["vocabularies"]["agency"] and len(meta["scalers"]["target_scales"]) > 300
+    # dynamic batch axis; interpretation outputs present
+    assert [i["shape"][0] for i in meta["model"]["inputs"]] == ["batch"] * len(meta["model"]["inputs"])
+    assert [o["name"] for o in meta["model"]["outputs"]] == ["quantiles", *INTERPRETATION_NAMES]
+    onnx.checker.check_model(str(rb.path / "model.onnx"))
+    # a bundle whose model changed is refused
+    copy = rb.path.parent / "tampered"
+    shutil.copytree(rb.path, copy)
+    with open(copy / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(Exception, match="sha256"):
+        Bundle.load(copy)
+
+
+def test_export_fails_when_onnxruntime_disagrees(real_bundle, tmp_path):
+    rb = real_bundle("stallion")
+    proto = onnx.load(str(rb.path / "model.onnx"))
+    # nudge the quantile head's bias by 1e-3 (normalised units): the graph still runs, a little off
+    init = next(t for t in proto.graph.initializer if t.name == "net.output.bias")
+    w = numpy_helper.to_array(init).copy() + 1e-3
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    bad = tmp_path / "model.onnx"
+    onnx.save(proto, str(bad))
+    batch, _ = real_windows(rb.dm, 32)
+    graph = _Graph(rb.module.net, interpretation=True).eval()
+    with pytest.raises(ExportError, match="max relative difference"):
+        check_parity(bad, graph, batch, tolerance=1e-4)
+    assert check_parity(rb.path / "model.onnx", graph, batch, tolerance=1e-4)["max_rel_diff"] <= 1e-4
+
+
+def test_int8_variant_is_kept_only_within_tolerance(real_bundle, tmp_path):
+    rb = real_bundle("stallion")
+    batch, _ = real_windows(rb.dm, 64)
+    shutil.copy(rb.path / "model.onnx", tmp_path / "model.onnx")
+    kept = quantize_int8(tmp_path, batch, [0.1, 0.5, 0.9], tolerance=10.0)
+    assert kept["kept"] and (tmp_path / "model.int8.onnx").exists()
+    assert kept["sha256"] == sha256_file(tmp_path / "model.int8.onnx")
+    assert kept["max_rel_diff_vs_fp32"] > 0 and kept["mae_int8"] > 0  # measured, not assumed
+    dropped = quantize_int8(tmp_path, batch, [0.1, 0.5, 0.9], tolerance=-1.0)
+    assert not dropped["kept"] and dropped["file"] is None and not (tmp_path / "model.int8.onnx").exists()
+
+
+def test_train_exports_when_asked(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(export_mod, "export_bundle", lambda module, dm, out, **kw: calls.append((out, kw)) or out)
+    cfg = compose_config("train.yaml", tmp_path, TINY + ["export=true", "trainer.max_epochs=1",
+                                                         "trainer.limit_train_batches=2"])
+    metrics = train(cfg)
+    assert len(calls) == 1
+    out, kw = calls[0]
+    assert out == tmp_path / "bundle" and kw["metrics"] is metrics and kw["checkpoint"] == metrics["best_checkpoint"]
+
+
+@pytest.mark.slow
+def test_train_then_export_end_to_end(tmp_path):
+    """The real thing: fusioncast-train's config with export on (the default) writes a checked bundle."""
+    cfg = compose_config("train.yaml", tmp_path, [t for t in TINY if t != "export=false"])
+    assert cfg.export is True
+    metrics = train(cfg)
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert bundle.meta["metrics"]["test"]["mae"] == pytest.approx(metrics["test"]["mae"])
+    assert bundle.meta["parity"]["max_rel_diff"] <= 1e-4
+    assert (tmp_path / "bundle" / "example_request.json").exists()
