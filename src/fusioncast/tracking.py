@@ -79,7 +79,7 @@ def wandb_logger(project: str = "fusioncast", entity: str | None = None, name: s
     sweep_group, sweep_name = _sweep_identity()
     mode = resolve_mode(mode)
     if mode == "offline":
-        log.info("W&B offline (no login found): runs are written under %s/wandb, upload with `wandb sync`", save_dir)
+        log.info("W&B offline: the run is written under %s/wandb; upload it with `wandb sync`", save_dir)
     logger = WandbLogger(project=project, entity=entity, name=name or sweep_name, group=group or sweep_group,
                          tags=list(tags or []), mode=mode, save_dir=save_dir, job_type=job_type, log_model=False,
                          **kwargs)
@@ -128,7 +128,10 @@ def log_results(loggers: list, metrics: dict, plots: dict[str, list[Path]], mode
                 "format": fmt, "data": data_name, "test": metrics.get("test", {}),
                 "baseline_test": metrics.get("baseline", {}).get("test", {}),
             }, description=f"fusioncast TFT {fmt} trained on {data_name}")
-            art.add_dir(str(path)) if path.is_dir() else art.add_file(str(path))
+            if path.is_dir():
+                art.add_dir(str(path))
+            else:
+                art.add_file(str(path))
             run.log_artifact(art, aliases=["latest", fmt])
         log.info("W&B run %s: %s", run.id, run.dir)
         run.finish()
