@@ -271,24 +271,27 @@ class RequestParser:
         return series_key(values), dict(zip(ids, values))
 
     @staticmethod
-    def _text(v, name, field: str) -> str:
+    def _text(v, name, field: str, index: int | None = None) -> str:
         t = type(v)
         if t is str:
             return v
         if t in _NUMBER or t is bool:
             return str(v)  # as pandas' astype(str) writes it in training
-        raise RequestError(f"series {name!r}: {field} must be a string or number, got {_kind(v)}", series=name,
+        at = field if index is None else f"{field}[{index}]"
+        raise RequestError(f"series {name!r}: {at} must be a string or number, got {_kind(v)}", series=name,
                            field=field)
 
     def _columns(self, given: dict, expected: frozenset, name, where: str, optional=frozenset()) -> None:
-        missing = expected - given.keys()
+        missing = sorted(expected - given.keys())
         if missing:
-            raise RequestError(f"series {name!r}: {where} is missing column(s) {sorted(missing)}", series=name,
-                               field=f"{where}.{sorted(missing)[0]}")
-        extra = given.keys() - expected - optional
+            more = f" (also missing: {missing[1:]})" if len(missing) > 1 else ""
+            raise RequestError(f"series {name!r}: {where}.{missing[0]} is missing{more}; {where} takes "
+                               f"{sorted(expected | optional)}", series=name, field=f"{where}.{missing[0]}")
+        extra = sorted(given.keys() - expected - optional)
         if extra:
-            raise RequestError(f"series {name!r}: {where} has unknown column(s) {sorted(extra)}; it takes "
-                               f"{sorted(expected | optional)}", series=name, field=f"{where}.{sorted(extra)[0]}")
+            more = f" (nor {extra[1:]})" if len(extra) > 1 else ""
+            raise RequestError(f"series {name!r}: {where}.{extra[0]} is not an input of the model{more}; {where} "
+                               f"takes {sorted(expected | optional)}", series=name, field=f"{where}.{extra[0]}")
 
     def _times(self, values: list, name, field: str, first: int = 0) -> np.ndarray:
         for j, v in enumerate(values):
@@ -358,7 +361,7 @@ class RequestParser:
         elif types == {int}:  # integers are common (flags): a table keyed by int, same text semantics
             vocab = self.int_vocab[col]
         else:
-            values = [self._text(v, name, f"{field}[{first + j}]") for j, v in enumerate(values)]
+            values = [self._text(v, name, field, first + j) for j, v in enumerate(values)]
             vocab = self.vocab[col]
         codes = [vocab.get(v, UNKNOWN) for v in values]
         if UNKNOWN in codes:
