@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fusioncast.calibration import Calibration, cross_fit
 from fusioncast.data.datamodule import TimeSeriesDataModule
+from fusioncast.data.windows import BatchLoader
 from fusioncast.metrics import forecast_metrics, seasonal_naive
 from fusioncast.models.module import TFTModule
 from fusioncast.report import write_plots, write_report
@@ -19,12 +21,18 @@ from fusioncast.report import write_plots, write_report
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
 def predict_split(module: TFTModule, dm: TimeSeriesDataModule, split: str) -> dict[str, np.ndarray]:
     """Quantile forecasts (target units) for every window of a split, with actuals and encoder targets."""
+    return predict_windows(module, dm.loader(split, device=module.device, shuffle=False))
+
+
+@torch.inference_mode()
+def predict_windows(module: TFTModule, loader: BatchLoader) -> dict[str, np.ndarray]:
+    """Quantile forecasts of the windows a loader yields: pred (N, H, Q), target/mask (N, H), series,
+    decoder_start (N,), encoder targets enc_y/enc_mask (N, L) and the target scale (N,)."""
     module.eval()
     out: dict[str, list] = {k: [] for k in ("pred", "target", "mask", "series", "decoder_start", "enc_y", "enc_mask", "scale")}
-    for b in dm.loader(split, device=module.device, shuffle=False):
+    for b in loader:
         out["pred"].append(module(*b.inputs()).float())
         out["target"].append(b.target)
         out["mask"].append(b.target_mask)
@@ -47,11 +55,47 @@ def split_metrics(p: dict[str, np.ndarray], dm: TimeSeriesDataModule, quantiles:
     return ours, base
 
 
-def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "test")) -> dict:
-    """metrics.json's content: a block per split and a `baseline` block with the same metrics."""
+def fit_calibration(module: TFTModule, dm: TimeSeriesDataModule, calibration: dict | None,
+                    val: dict[str, np.ndarray] | None = None) -> Calibration | None:
+    """The calibration a `calibration` config asks for (None for method none), fitted on the val windows."""
+    if not calibration or calibration.get("method", "none") == "none":
+        return None
+    if calibration["method"] != "conformal":
+        raise ValueError(f"calibration.method must be none or conformal, got {calibration['method']!r}")
+    p = val if val is not None else predict_split(module, dm, "val")
+    return Calibration.fit(p["pred"], p["target"], p["mask"], p["scale"], list(module.hparams.quantiles),
+                           per_horizon=calibration.get("per_horizon", True),
+                           adjust_median=calibration.get("adjust_median", False))
+
+
+def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "test"),
+                   calibration: dict | None = None) -> dict:
+    """metrics.json's content: a block per split and a `baseline` block with the same metrics.
+
+    With test_start=None there is no test split and no test block. With a `calibration` config
+    (method conformal) the val and test blocks are of calibrated forecasts (the test block with
+    offsets fitted on all of val; the val block cross-fitted, so that it is out of sample), the
+    raw model's blocks move to `uncalibrated` and the fitted offsets to `calibration`.
+    """
     metrics: dict = {"baseline": {}, "seasonal_period": dm.seasonal_period}
-    for split in splits:
-        ours, base = split_metrics(predict_split(module, dm, split), dm, list(module.hparams.quantiles))
+    if dm.hparams.test_start is None:
+        splits = [s for s in splits if s != "test"]
+    quantiles = list(module.hparams.quantiles)
+    preds = {split: predict_split(module, dm, split) for split in splits}
+    cal = fit_calibration(module, dm, calibration, preds.get("val"))
+    if cal is not None:
+        metrics["calibration"], metrics["uncalibrated"] = cal.to_dict(), {}
+    for split, p in preds.items():
+        if cal is not None:
+            metrics["uncalibrated"][split] = split_metrics(p, dm, quantiles)[0]
+            if split == "val":
+                pred = cross_fit(p["pred"], p["target"], p["mask"], p["scale"], quantiles,
+                                 folds=calibration.get("folds", 5), per_horizon=calibration.get("per_horizon", True),
+                                 adjust_median=calibration.get("adjust_median", False))
+            else:
+                pred = cal.apply(p["pred"], p["scale"])
+            p = {**p, "pred": pred}
+        ours, base = split_metrics(p, dm, quantiles)
         metrics[split], metrics["baseline"][split] = ours, base
     return metrics
 
@@ -90,9 +134,16 @@ def main(cfg: DictConfig) -> None:
     """Recompute metrics.json (val, test, baseline) from a checkpoint into this run's output directory."""
     overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
     module, dm = load_checkpoint(cfg.ckpt_path, overrides)
-    metrics = evaluate_model(module, dm)
+    calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
+    metrics = evaluate_model(module, dm, calibration=calibration)
     metrics["checkpoint"] = str(cfg.ckpt_path)
     print(f"wrote {write_metrics(metrics, cfg.paths.output_dir)}")
+    if cfg.get("backtest") and cfg.backtest.origins:
+        from fusioncast.backtest import backtest, write_backtest  # backtest imports this module
+
+        result = backtest(module, dm, cfg.backtest.origins, cfg.backtest.split,
+                          Calibration.from_dict(metrics.get("calibration")))
+        print("wrote {} and {}".format(*write_backtest(result, cfg.paths.output_dir)))
     plot_paths = write_plots(module, dm, cfg.paths.output_dir)
     print(f"wrote {write_report(metrics, plot_paths, cfg.paths.output_dir, title=f'fusioncast-eval: {dm.hparams.name}')}")
 

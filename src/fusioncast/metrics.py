@@ -1,14 +1,17 @@
 """Forecast metrics over windows (numpy), and the seasonal-naive baseline on the same windows.
 
 All metrics skip unobserved targets (gaps). q-risk is the TFT paper's normalised quantile loss
-2 Σ QL_q(y, ŷ_q) / Σ |y|; MASE scales each point by its series' in-sample seasonal-naive MAE.
+2 Σ QL_q(y, ŷ_q) / Σ |y| (so qrisk_p50 is the WAPE Σ|e| / Σ|y|); MASE scales each point by its
+series' in-sample seasonal-naive MAE. `mae_scaled`/`mse_scaled` are MAE/MSE in units of the fitted
+target scale (with target_normalizer=global: the z-normalised units the ETT/Informer tables use).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METRIC_NAMES = ("loss", "mae", "rmse", "smape", "mase", "qrisk_p10", "qrisk_p50", "qrisk_p90", "coverage_p10_p90")
+METRIC_NAMES = ("loss", "mae", "rmse", "smape", "mase", "qrisk_p10", "qrisk_p50", "qrisk_p90", "coverage_p10_p90",
+                "mse", "mae_scaled", "mse_scaled")
 
 
 def _nearest(quantiles: list[float], q: float) -> int:
@@ -38,7 +41,10 @@ def forecast_metrics(y: np.ndarray, mask: np.ndarray, pred: np.ndarray, quantile
         "rmse": float(np.sqrt((err**2).mean())),
         "smape": float(np.mean(np.where(denom > 0, 2 * np.abs(err) / np.where(denom > 0, denom, 1), 0.0))),
         "mase": float((np.abs(y64 - point) / mase_scale[:, None])[m].mean()),
+        "mse": float((err**2).mean()),
     }
+    scaled = ((y64 - point) / target_scale[:, None])[m]
+    out["mae_scaled"], out["mse_scaled"] = float(np.abs(scaled).mean()), float((scaled**2).mean())
     abs_sum = max(np.abs(y64[m]).sum(), 1e-12)
     for q in (0.1, 0.5, 0.9):
         e = (y64 - p[..., _nearest(quantiles, q)])[m]

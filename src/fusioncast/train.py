@@ -46,7 +46,8 @@ def train(cfg: DictConfig) -> dict:
         module = TFTModule.load_from_checkpoint(best, map_location=module.device, weights_only=False)
     metrics = {}
     if trainer.is_global_zero:
-        metrics = evaluate_model(module, dm)
+        calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
+        metrics = evaluate_model(module, dm, calibration=calibration)
         metrics["best_checkpoint"] = best
         throughput = [c for c in callbacks if hasattr(c, "history") and c.history]
         if throughput:

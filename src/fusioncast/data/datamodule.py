@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fusioncast.data.frame import prepare_frame, seasonal_period, split_points
+from fusioncast.data.frame import prepare_frame, seasonal_period, split_points, truncate
 from fusioncast.data.preprocess import Encoded, Preprocessor
 from fusioncast.data.schema import Schema, SchemaError
 from fusioncast.data.sources import load_named
@@ -18,7 +18,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
     """A table of time series with pytorch-forecasting's column roles, ready for the TFT.
 
     `name` is a built-in set (synthetic, nyc_taxi, stallion, etth1) or `custom` (with `path`).
-    `val_start`/`test_start` are timestamps or fractions of each series' span.
+    `val_start`/`test_start` are timestamps or fractions of each series' span; `test_start=None` means
+    no test split (validation runs to the end); data at or after `test_end` (if set) is dropped.
+    `target_normalizer`: "series" (per-series mean/std on training rows) or "global" (one for all).
     """
 
     def __init__(
@@ -41,7 +43,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
         max_prediction_length: int = 6,
         min_encoder_length: int | None = None,
         val_start: float | str = 0.7,
-        test_start: float | str = 0.85,
+        test_start: float | str | None = 0.85,
+        test_end: float | str | None = None,
+        target_normalizer: str = "series",
         seasonal_period: int | None = None,
         batch_size: int = 128,
         eval_batch_size: int = 1024,
@@ -57,6 +61,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
             time_varying_unknown_categoricals=time_varying_unknown_categoricals,
             time_varying_unknown_reals=time_varying_unknown_reals, calendar=calendar, freq=freq,
             max_encoder_length=max_encoder_length, max_prediction_length=max_prediction_length,
+            target_normalizer=target_normalizer,
         )
         self.pp: Preprocessor | None = None
         self.enc: Encoded | None = None
@@ -68,6 +73,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
             return
         h = self.hparams
         frame, freq = prepare_frame(load_named(h.name, h.path, h.synthetic), self.schema)
+        frame = truncate(frame, self.schema, freq, h.get("test_end"))
         if self.pp is None:  # a checkpoint's preprocessor (load_state_dict) is kept as it is
             g = frame.groupby(self.schema.group_ids, sort=False) if self.schema.group_ids else frame.groupby(
                 np.zeros(len(frame), np.int64))

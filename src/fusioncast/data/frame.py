@@ -47,12 +47,29 @@ def cutoff_index(start: np.ndarray, length: np.ndarray, freq: str, at) -> np.nda
 
 
 def split_points(start: np.ndarray, length: np.ndarray, freq: str, val_start, test_start) -> tuple[np.ndarray, np.ndarray]:
-    """(val_idx, test_idx) per series: the first validation and first test step on its grid."""
+    """(val_idx, test_idx) per series: the first validation and first test step on its grid.
+
+    `test_start=None` means no test split: validation runs to the end of each series.
+    """
     val_idx = cutoff_index(start, length, freq, val_start)
-    test_idx = cutoff_index(start, length, freq, test_start)
+    test_idx = np.asarray(length, np.int64).copy() if test_start is None else cutoff_index(start, length, freq, test_start)
     if (test_idx < val_idx).any():
         raise SchemaError(f"val_start ({val_start}) must come before test_start ({test_start})")
     return val_idx, test_idx
+
+
+def truncate(frame: pd.DataFrame, schema: Schema, freq: str, end) -> pd.DataFrame:
+    """Drop every step at or after `end` (a timestamp, or a fraction of each series' span): the data
+    a benchmark protocol stops at (e.g. ETTh1's 20 months of 12/4/4)."""
+    if end is None:
+        return frame
+    keys = frame.groupby(schema.group_ids, sort=False).ngroup().to_numpy() if schema.group_ids else np.zeros(len(frame), np.int64)
+    times = frame.groupby(keys, sort=False)[schema.time_col]
+    stop = cutoff_index(times.first().to_numpy(), times.size().to_numpy(), freq, end)
+    keep = frame.groupby(keys, sort=False).cumcount().to_numpy() < stop[keys]
+    if not keep.any():
+        raise SchemaError(f"test_end={end!r} leaves no data")
+    return frame[keep].reset_index(drop=True)
 
 
 def seasonal_period(freq: str) -> int:

@@ -1,7 +1,8 @@
 """Preprocessing fitted on the training period only, in numpy so serving runs the same code.
 
 Category codes reserve 0 for an unknown bucket; continuous inputs get a (center, scale) that the
-model applies inside its graph; the target gets a per-series (center, scale). `transform` turns a
+model applies inside its graph; the target gets a (center, scale) per series, or one shared by all
+series (schema.target_normalizer = "global"). `transform` turns a
 regular-grid frame into dense per-series arrays (padded at the end) that windows are cut from.
 """
 
@@ -95,6 +96,9 @@ class Preprocessor:
                 self.target_scales[series_key(key)] = _stats(g.to_numpy(np.float64))
         else:
             self.target_scales[series_key(())] = _stats(observed[s.target].to_numpy(np.float64))
+        if s.target_normalizer == "global":  # every series (and any unseen one) shares one mean/std
+            stats = _stats(observed[s.target].to_numpy(np.float64))
+            self.target_scales = {k: stats for k in self.target_scales}
         return self
 
     # ---- encoding ----------------------------------------------------------------------------------
@@ -105,7 +109,10 @@ class Preprocessor:
         return codes.astype(np.int64)  # get_indexer gives -1 for unknown, so unknown -> 0
 
     def target_scale(self, key: str, history: np.ndarray) -> tuple[float, float]:
-        """The fitted scale of a known series; a series unseen in training is scaled by its own history."""
+        """The fitted scale of a known series; a series unseen in training is scaled by its own history
+        (by the shared training statistics with target_normalizer=global)."""
+        if key not in self.target_scales and self.schema.target_normalizer == "global" and self.target_scales:
+            return next(iter(self.target_scales.values()))
         return self.target_scales.get(key) or _stats(np.asarray(history, dtype=np.float64))
 
     def transform(self, frame: pd.DataFrame) -> Encoded:

@@ -21,6 +21,8 @@ ROLE_LISTS = (
     "time_varying_unknown_reals",
 )
 
+TARGET_NORMALIZERS = ("series", "global")
+
 
 class SchemaError(ValueError):
     """A table does not fit its declared column roles."""
@@ -43,6 +45,9 @@ class Schema:
     freq: str | None = None
     max_encoder_length: int = 24
     max_prediction_length: int = 6
+    # how the target is scaled (fitted on training rows): "series" (each series' own mean/std) or
+    # "global" (one mean/std over every series, as the ETT/Informer benchmarks z-normalise)
+    target_normalizer: str = "series"
 
     def __post_init__(self) -> None:
         for name in ROLE_LISTS + ("calendar",):
@@ -56,6 +61,8 @@ class Schema:
                 f"max_encoder_length ({self.max_encoder_length}) and max_prediction_length "
                 f"({self.max_prediction_length}) must both be >= 1"
             )
+        if self.target_normalizer not in TARGET_NORMALIZERS:
+            raise SchemaError(f"target_normalizer must be one of {TARGET_NORMALIZERS}, got {self.target_normalizer!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Schema":

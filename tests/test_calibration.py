@@ -1,0 +1,90 @@
+"""Conformal calibration: lifts a miscalibrated model's coverage to nominal on held-out data; off is a no-op."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusioncast.calibration import Calibration, cross_fit
+from fusioncast.evaluate import evaluate_model, load_checkpoint
+from fusioncast.train import train
+
+Q = [0.1, 0.5, 0.9]
+Z90 = 1.2815515655446004  # standard normal 90 % quantile
+
+
+def forecasts(n: int, H: int, true_sigma, believed_sigma, seed: int, bias: float = 0.0):
+    """Series with very different scales; the model's quantiles assume `believed_sigma` (in units of the
+    series scale), the actuals have `true_sigma` (both may grow with the horizon step)."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.5, 50.0, n)
+    center = rng.normal(0, 10, (n, 1))
+    true_sigma, believed_sigma = np.broadcast_to(true_sigma, (H,)), np.broadcast_to(believed_sigma, (H,))
+    y = center + scale[:, None] * (bias + true_sigma * rng.standard_normal((n, H)))
+    pred = center[..., None] + scale[:, None, None] * believed_sigma[None, :, None] * np.array([-Z90, 0, Z90])
+    return pred, y, np.ones((n, H), bool), scale
+
+
+def coverage(pred, y):
+    return float(((y >= pred[..., 0]) & (y <= pred[..., 2])).mean())
+
+
+@pytest.mark.parametrize("believed", [0.4, 2.5])  # intervals far too narrow, then far too wide
+def test_conformal_lifts_coverage_to_nominal_on_held_out_data(believed):
+    fit_set = forecasts(2000, 6, 1.0, believed, seed=0)
+    held_out = forecasts(2000, 6, 1.0, believed, seed=1)
+    before = coverage(held_out[0], held_out[1])
+    assert abs(before - 0.8) > 0.15  # really miscalibrated
+    cal = Calibration.fit(*fit_set, Q)
+    after = coverage(cal.apply(held_out[0], held_out[3]), held_out[1])
+    assert abs(after - 0.8) < 0.03
+    # each quantile, not only the interval, is calibrated: ~10 % of actuals below P10, ~90 % below P90
+    calibrated = cal.apply(held_out[0], held_out[3])
+    assert np.mean(held_out[1] < calibrated[..., 0]) == pytest.approx(0.1, abs=0.02)
+    assert np.mean(held_out[1] < calibrated[..., 2]) == pytest.approx(0.9, abs=0.02)
+
+
+def test_per_horizon_offsets_follow_uncertainty_growing_with_the_horizon():
+    H = 8
+    sigma = np.linspace(0.5, 2.0, H)  # the model believes 1.0 at every step
+    fit_set, held_out = forecasts(3000, H, sigma, 1.0, seed=2), forecasts(3000, H, sigma, 1.0, seed=3)
+    per_h = Calibration.fit(*fit_set, Q, per_horizon=True).apply(held_out[0], held_out[3])
+    pooled = Calibration.fit(*fit_set, Q, per_horizon=False).apply(held_out[0], held_out[3])
+    cov_h = [coverage(per_h[:, h:h + 1], held_out[1][:, h:h + 1]) for h in range(H)]
+    cov_pooled = [coverage(pooled[:, h:h + 1], held_out[1][:, h:h + 1]) for h in range(H)]
+    assert max(abs(c - 0.8) for c in cov_h) < 0.04
+    assert max(abs(c - 0.8) for c in cov_pooled) > 0.1  # one offset for all steps cannot fit both ends
+
+
+def test_median_is_kept_quantiles_stay_ordered_and_the_dict_round_trips():
+    pred, y, mask, scale = forecasts(500, 4, 1.0, 0.3, seed=4, bias=0.5)
+    cal = Calibration.fit(pred, y, mask, scale, Q)
+    out = cal.apply(pred, np.stack([np.zeros_like(scale), scale], -1))  # (N, 2) target scale works too
+    assert np.array_equal(out[..., 1], pred[..., 1])
+    assert (np.diff(out, axis=-1) >= 0).all()
+    again = Calibration.from_dict(cal.to_dict())
+    assert np.allclose(again.apply(pred, scale), out)
+    shifted = Calibration.fit(pred, y, mask, scale, Q, adjust_median=True).apply(pred, scale)
+    assert abs(np.mean(y < shifted[..., 1]) - 0.5) < abs(np.mean(y < pred[..., 1]) - 0.5)
+
+
+def test_cross_fit_is_out_of_sample_and_unobserved_points_are_ignored():
+    pred, y, mask, scale = forecasts(1000, 3, 1.0, 0.4, seed=5)
+    mask[::7] = False
+    y = np.where(mask, y, 1e9)  # filler values where unobserved must not move the offsets
+    out = cross_fit(pred, y, mask, scale, Q, folds=5)
+    assert abs(((y >= out[..., 0]) & (y <= out[..., 2]))[mask].mean() - 0.8) < 0.04
+    assert Calibration.from_dict(None) is None and Calibration.from_dict({"method": "none"}) is None
+
+
+def test_calibration_none_is_a_no_op_in_evaluation(cfg_train):
+    metrics = train(cfg_train)
+    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    plain = evaluate_model(module, dm)
+    none = evaluate_model(module, dm, calibration={"method": "none"})
+    assert none == plain and "calibration" not in none
+    conformal = evaluate_model(module, dm, calibration={"method": "conformal", "per_horizon": True})
+    assert conformal["uncalibrated"]["test"] == plain["test"]
+    # the median is not moved (but for the few windows where a barely trained model's quantiles cross)
+    assert conformal["test"]["mae"] == pytest.approx(plain["test"]["mae"], rel=1e-2)
+    assert np.asarray(conformal["calibration"]["offsets"]).shape == (dm.schema.max_prediction_length, 3)
