@@ -13,6 +13,7 @@ import torch
 from onnx import numpy_helper
 
 from fusioncast import export as export_mod
+from fusioncast.calibration import Calibration
 from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES
 from fusioncast.export import ExportError, _Graph, check_parity, quantize_int8, real_windows, relative_difference
 from fusioncast.serve.bundle import Bundle, Model, sha256_file
@@ -62,6 +63,22 @@ def test_bundle_is_self_contained_and_described(real_bundle):
         f.write(b"\0")
     with pytest.raises(Exception, match="sha256"):
         Bundle.load(copy)
+
+
+def test_served_quantiles_carry_the_training_calibration(real_bundle, tmp_path):
+    rb = real_bundle("stallion")
+    copy = tmp_path / "bundle"
+    shutil.copytree(rb.path, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    offsets = np.tile([[-0.5, 0.0, 0.5]], (6, 1))
+    meta["calibration"] = Calibration([0.1, 0.5, 0.9], offsets).to_dict()
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    batch, _ = real_windows(rb.dm, 16)
+    inputs = {n: t.numpy() for n, t in zip(INPUT_NAMES, batch.inputs())}
+    raw = Model(Bundle.load(rb.path), cache=False)(inputs)[0]
+    got = Model(Bundle.load(copy), cache=False)(inputs)[0]
+    scale = inputs["target_scale"][:, 1, None, None]
+    np.testing.assert_allclose(got, np.sort(raw + offsets * scale, axis=-1), rtol=1e-6, atol=1e-3)
 
 
 def test_export_fails_when_onnxruntime_disagrees(real_bundle, tmp_path):

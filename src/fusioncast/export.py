@@ -214,6 +214,9 @@ def export_bundle(module, dm: TimeSeriesDataModule, out_dir: str | Path, *, inte
         "max_encoder_length": pp.schema.max_encoder_length, "max_prediction_length": pp.schema.max_prediction_length,
         "quantiles": quantiles, "variables": variable_names(pp),
         "metrics": metrics, "checkpoint": checkpoint, "parity": parity,
+        # conformal offsets fitted in training (calibration=conformal): applied to the graph's quantiles
+        # by serve.bundle.Model; the parity check is of the graph itself
+        "calibration": (metrics or {}).get("calibration"),
         "int8": quantize_int8(out_dir, batch, quantiles, int8_tolerance) if int8 else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }

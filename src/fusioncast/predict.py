@@ -126,8 +126,13 @@ def onnx_runner(bundle_dir: str, variant: str = "fp32", threads: int = 2) -> tup
 
 
 def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner]:
-    """The checkpoint's PyTorch model (eager, CPU) and its fitted preprocessing."""
+    """The checkpoint's PyTorch model (eager, CPU) and its fitted preprocessing; the quantile calibration
+    of its training run (metrics.json next to checkpoints/) is applied as the bundle's is."""
+    import json
+
     import torch
+
+    from fusioncast.calibration import Calibration
 
     from fusioncast.data.datamodule import TimeSeriesDataModule
     from fusioncast.models.module import TFTModule
@@ -135,10 +140,14 @@ def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner]:
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)[TimeSeriesDataModule.__qualname__]
     pp = Preprocessor.from_dict(state["preprocessor"])
     module = TFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False).eval()
+    metrics_file = Path(ckpt_path).resolve().parent.parent / "metrics.json"
+    calibration = Calibration.from_dict(json.loads(metrics_file.read_text()).get("calibration")) if (
+        metrics_file.is_file()) else None
 
     def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return module(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES)).float().numpy()
+            pred = module(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES)).float().numpy()
+        return pred if calibration is None else calibration.apply(pred, inputs["target_scale"])
 
     return pp, [float(q) for q in module.hparams.quantiles], run
 

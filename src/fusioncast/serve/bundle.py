@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusioncast.calibration import Calibration
 from fusioncast.data.inference import INTERPRETATION_NAMES, OUTPUT_NAMES
 from fusioncast.data.preprocess import Preprocessor
 
@@ -108,6 +109,7 @@ class Bundle:
             "schema": s.to_dict(), "vocabularies": self.pp.vocab,
             "series": sorted(self.pp.target_scales), "metrics": self.meta.get("metrics"),
             "parity": self.meta.get("parity"), "variables": self.meta.get("variables"),
+            "calibration": self.meta.get("calibration"),
         }
 
 
@@ -119,7 +121,11 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
 
 
 class Model:
-    """onnxruntime session of a bundle's model: inputs by name in, [quantiles (+ interpretation)] out."""
+    """onnxruntime session of a bundle's model: inputs by name in, [quantiles (+ interpretation)] out.
+
+    When training calibrated the quantiles (calibration=conformal), bundle.json holds the offsets and
+    they are applied here, with the same numpy code as in evaluation, so every client gets them.
+    """
 
     def __init__(self, bundle: Bundle, variant: str = "fp32", threads: int = 1, cache_dir: str | None = None,
                  cache: bool = True):
@@ -159,8 +165,12 @@ class Model:
         outputs = [o.name for o in self.session.get_outputs()]
         self.has_interpretation = all(n in outputs for n in INTERPRETATION_NAMES)
         self.loaded_from = str(load_from)
+        self.calibration = Calibration.from_dict(bundle.meta.get("calibration"))
 
     def __call__(self, inputs: dict[str, np.ndarray], interpretation: bool = False) -> list[np.ndarray]:
         """Run on a batch; graph inputs the exporter dropped (zero-width groups) are simply not fed."""
         names = list(OUTPUT_NAMES) + (list(INTERPRETATION_NAMES) if interpretation and self.has_interpretation else [])
-        return self.session.run(names, {n: inputs[n] for n in self.input_names})
+        outputs = self.session.run(names, {n: inputs[n] for n in self.input_names})
+        if self.calibration is not None:
+            outputs[0] = self.calibration.apply(outputs[0], inputs["target_scale"])
+        return outputs
