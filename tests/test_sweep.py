@@ -77,6 +77,7 @@ def test_optuna_sweep_records_trials_best_config_and_resumes(tmp_path):
     study = optuna.load_study(study_name="pytest", storage=f"sqlite:///{tmp_path}/optuna.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4 and [t.number for t in complete] == [0, 1, 2, 3]
+    assert complete[3].params != complete[0].params  # the seeded sampler does not replay the first run
     assert sorted(t.value for t in complete) == pytest.approx(sorted(losses + val_losses(second)))
     again = OmegaConf.load(second / "optimization_results.yaml")
     assert again.best_value == pytest.approx(min(losses + val_losses(second)))
