@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fusioncast import evaluate, plots, report
+from fusioncast.calibration import Calibration
 from fusioncast.evaluate import load_checkpoint, predict_split
 from fusioncast.train import train
 from tests.conftest import compose_config
@@ -49,18 +50,24 @@ def test_training_writes_plots_and_report(trained):
     assert len(links) == len(names) and all((out / link).exists() for link in links)
 
 
-def test_fan_chart_plots_the_models_forecast_and_the_real_actuals(trained, monkeypatch, tmp_path):
-    _, metrics = trained
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
-    drawn = {}
+def drawn_forecasts(module, dm, out: Path, monkeypatch, **kwargs) -> dict[str, dict]:
+    """The lines of every fan chart write_plots saves, by file name, read back before the figure closes."""
+    drawn, save = {}, plots.save
 
-    def keep(fig, path):  # what write_plots saves, read back before it is closed
+    def keep(fig, path):
         drawn[Path(path).name] = {line.get_label(): line.get_data() for line in fig.axes[0].get_lines()}
         return save(fig, path)
 
-    save = plots.save
     monkeypatch.setattr(plots, "save", keep)
-    report.write_plots(module, dm, tmp_path)
+    report.write_plots(module, dm, out, **kwargs)
+    monkeypatch.setattr(plots, "save", save)
+    return drawn
+
+
+def test_fan_chart_plots_the_models_forecast_and_the_real_actuals(trained, monkeypatch, tmp_path):
+    _, metrics = trained
+    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    drawn = drawn_forecasts(module, dm, tmp_path, monkeypatch)
 
     p = predict_split(module, dm, "val")  # the evaluation's own forecasts of every val window
     median = list(module.hparams.quantiles).index(0.5)
@@ -79,6 +86,15 @@ def test_fan_chart_plots_the_models_forecast_and_the_real_actuals(trained, monke
         raw = rows.loc[pd.DatetimeIndex(ax_time), schema.target].to_numpy(float)
         np.testing.assert_allclose(np.asarray(actual, float), raw, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(actual, float)[-H:], p["target"][k], rtol=1e-5)
+
+    # with a calibration the charts show the calibrated quantiles (what metrics and the bundle use)
+    q = list(module.hparams.quantiles)
+    cal = Calibration(q, np.full((H, len(q)), 0.5))
+    shifted = drawn_forecasts(module, dm, tmp_path / "cal", monkeypatch, calibration=cal)
+    for i, s in enumerate(series):
+        plain = np.asarray(drawn[f"forecast_{i:02d}.png"][plots.MEDIAN_LABEL][1], float)
+        moved = np.asarray(shifted[f"forecast_{i:02d}.png"][plots.MEDIAN_LABEL][1], float)
+        np.testing.assert_allclose(moved - plain, 0.5 * dm.enc.target_scale[s, 1], rtol=1e-4)
 
 
 def test_interpretation_names_and_weights(trained):

@@ -144,7 +144,8 @@ def main(cfg: DictConfig) -> None:
         result = backtest(module, dm, cfg.backtest.origins, cfg.backtest.split,
                           Calibration.from_dict(metrics.get("calibration")))
         print("wrote {} and {}".format(*write_backtest(result, cfg.paths.output_dir)))
-    plot_paths = write_plots(module, dm, cfg.paths.output_dir)
+    plot_paths = write_plots(module, dm, cfg.paths.output_dir,
+                             calibration=Calibration.from_dict(metrics.get("calibration")))
     print(f"wrote {write_report(metrics, plot_paths, cfg.paths.output_dir, title=f'fusioncast-eval: {dm.hparams.name}')}")
 
 

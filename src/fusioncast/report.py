@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from fusioncast import plots
+from fusioncast.calibration import Calibration
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.data.windows import BatchLoader
 from fusioncast.metrics import METRIC_NAMES
@@ -106,16 +107,21 @@ def forecast_figure(dm: TimeSeriesDataModule, series: int, decoder_start: int, p
 
 
 def write_plots(module: TFTModule, dm: TimeSeriesDataModule, output_dir: str | Path, split: str = "val",
-                n_series: int = 4) -> dict[str, list[Path]]:
+                n_series: int = 4, calibration: Calibration | None = None) -> dict[str, list[Path]]:
     """Forecast fan charts for a few series and interpretation plots, as PNGs under output_dir/plots/.
 
-    Returns {"forecasts": [...], "interpretation": [...]} (paths). Empty variable groups get no plot.
+    With a `calibration` the fan charts show the calibrated quantiles (what metrics.json scores and the
+    bundle serves). Returns {"forecasts": [...], "interpretation": [...]} (paths). Empty variable groups
+    get no plot.
     """
     out = Path(output_dir) / PLOTS_DIR
     quantiles = list(module.hparams.quantiles)
     series, starts = first_windows(dm, split, n_series)
-    f = forward_windows(module, dm, series, starts)
-    forecasts = [plots.save(forecast_figure(dm, int(s), int(d), f["pred"][i], quantiles, split), out / f"forecast_{i:02d}.png")
+    pred = forward_windows(module, dm, series, starts)["pred"]
+    if calibration is not None:
+        pred = calibration.apply(pred, dm.enc.target_scale[series])
+    label = f"{split}, calibrated" if calibration is not None else split
+    forecasts = [plots.save(forecast_figure(dm, int(s), int(d), pred[i], quantiles, label), out / f"forecast_{i:02d}.png")
                  for i, (s, d) in enumerate(zip(series, starts))]
 
     interp = interpretation(module, dm, split)

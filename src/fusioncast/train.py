@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fusioncast.calibration import Calibration
 from fusioncast.evaluate import evaluate_model, write_metrics
 from fusioncast.models.module import TFTModule
 from fusioncast.report import write_plots, write_report
@@ -57,7 +58,8 @@ def train(cfg: DictConfig) -> dict:
             from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting
 
             export_bundle(module, dm, Path(cfg.paths.output_dir) / "bundle", metrics=metrics, checkpoint=best or None)
-        plot_paths = write_plots(module, dm, cfg.paths.output_dir)
+        plot_paths = write_plots(module, dm, cfg.paths.output_dir,
+                                 calibration=Calibration.from_dict(metrics.get("calibration")))
         write_report(metrics, plot_paths, cfg.paths.output_dir, title=f"fusioncast-train: {cfg.data.name}")
     # keep last (after any export): W&B gets the bundle, else the best checkpoint, as the model artifact
     if trainer.is_global_zero:
