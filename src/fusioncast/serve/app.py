@@ -42,6 +42,7 @@ class ServeConfig:
     threads: int = 1                 # onnxruntime intra-op threads per worker
     max_batch_size: int = 64         # series per model call
     max_wait_ms: float = 0.0         # extra wait for a batch to fill (0: only what queued during the last call)
+    inline_max_series: int = 1       # batches this small run in the event loop, not the model thread
     max_queue: int = 1024            # series waiting before 503
     max_series: int = 1000           # series per request (413 beyond)
     max_body_bytes: int = 8 << 20    # request body size (413 beyond)
@@ -88,7 +89,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     parser = RequestParser(bundle.pp, max_series=config.max_series)
     metrics = ServerMetrics()
     batcher = MicroBatcher(model, config.max_batch_size, config.max_wait_ms, config.max_queue,
-                           on_batch=metrics.batch, on_queue=metrics.queued.set)
+                           inline_max_series=config.inline_max_series, on_batch=metrics.batch,
+                           on_queue=metrics.queued.set)
     time_col, quantile_keys = bundle.pp.schema.time_col, [f"{q:g}" for q in bundle.quantiles]
     variables = bundle.meta.get("variables") or {}
     model_block = {"name": bundle.meta.get("name"), "version": bundle.meta.get("version"),
