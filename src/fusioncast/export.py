@@ -208,7 +208,8 @@ def export_bundle(module, dm: TimeSeriesDataModule, out_dir: str | Path, *, inte
         "model": {"file": MODEL_FILE, "sha256": sha256_file(model_path), "bytes": model_path.stat().st_size,
                   "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                   "inputs": io(proto.graph.input), "outputs": io(proto.graph.output), "interpretation": interpretation,
-                  "hparams": {k: module.hparams[k] for k in ("hidden_size", "attention_heads", "lstm_layers", "dropout")},
+                  "hparams": {k: v for k, v in json.loads(json.dumps(dict(module.hparams), default=str)).items()
+                              if k not in ("data_kwargs", "optimizer", "scheduler")},
                   "parameters": int(sum(p.numel() for p in net.parameters()))},
         **preprocessing_meta(pp),
         "max_encoder_length": pp.schema.max_encoder_length, "max_prediction_length": pp.schema.max_prediction_length,
