@@ -213,9 +213,7 @@ class RequestParser:
         if key not in self.pp.target_scales:
             warns.append(f"series {name!r} was not seen in training" + (
                 "" if getattr(sc, "target_normalizer", "series") == "global" else ": scaled by its own history"))
-        known = [self._codes(c, history[c][first:], name, f"history.{c}", warns, first) for c in self.known_cats]
         unknown = [self._codes(c, history[c][first:], name, f"history.{c}", warns, first) for c in self.unknown_cats]
-        enc_cat = np.concatenate([_columns_of(known, n, np.int64), cal[:n], _columns_of(unknown, n, np.int64)], axis=1)
         covariates = self._reals([(f"history.{c}", history[c][first:]) for c in self.pp.time_varying_reals[1:]], n,
                                  name, first)
         enc_real = np.concatenate([target[:, None], covariates], axis=1)
@@ -240,8 +238,11 @@ class RequestParser:
                     f"series {name!r}: future.{sc.time_col}[{j}] = {future[sc.time_col][j]!r}, expected "
                     f"{out_times[j]} (the steps after the history's last, freq '{self.pp.freq}')",
                     series=name, field=f"future.{sc.time_col}")
-        known = [self._codes(c, future[c], name, f"future.{c}", warns) for c in self.known_cats]
-        dec_cat = np.concatenate([_columns_of(known, self.H, np.int64), cal[n:]], axis=1)
+        # known categoricals: history and future encoded together (half the calls on the hot path)
+        known = _columns_of([self._codes(c, history[c][first:] + future[c], name, f"history.{c}", warns, first,
+                                         (n, f"future.{c}")) for c in self.known_cats], n + self.H, np.int64)
+        enc_cat = np.concatenate([known[:n], cal[:n], _columns_of(unknown, n, np.int64)], axis=1)
+        dec_cat = np.concatenate([known[n:], cal[n:]], axis=1)
         dec_real = self._reals([(f"future.{c}", future[c]) for c in sc.time_varying_known_reals], self.H, name)
 
         window = assemble_window(self.pp, key, static_cat, static_real, enc_cat, enc_real, observed, dec_cat,
@@ -353,21 +354,32 @@ class RequestParser:
                                series=name, field=field)
         return x, ~missing
 
-    def _codes(self, col: str, values: list, name, field: str, warns: list[str], first: int = 0) -> list[int]:
-        """Codes of a categorical column's values (compared as text, as in training); 0 for unseen ones."""
+    def _codes(self, col: str, values: list, name, field: str, warns: list[str], first: int = 0,
+               then: tuple[int, str] | None = None) -> list[int]:
+        """Codes of a categorical column's values (compared as text, as in training); 0 for unseen ones.
+
+        `then` = (n, field2): values from position n on are `field2`'s (a future joined to its history)."""
         types = set(map(type, values))
         if types == {str}:
             vocab = self.vocab[col]
         elif types == {int}:  # integers are common (flags): a table keyed by int, same text semantics
             vocab = self.int_vocab[col]
         else:
-            values = [self._text(v, name, field, first + j) for j, v in enumerate(values)]
+            values = [self._text(v, name, *self._where(j, field, first, then)) for j, v in enumerate(values)]
             vocab = self.vocab[col]
         codes = [vocab.get(v, UNKNOWN) for v in values]
         if UNKNOWN in codes:
-            warns.append(f"series {name!r}: {field} has {values[codes.index(UNKNOWN)]!r}, not seen in training "
-                         "(unknown category)")
+            j = codes.index(UNKNOWN)
+            where, _ = self._where(j, field, first, then)
+            warns.append(f"series {name!r}: {where} has {values[j]!r}, not seen in training (unknown category)")
         return codes
+
+    @staticmethod
+    def _where(j: int, field: str, first: int, then: tuple[int, str] | None) -> tuple[str, int]:
+        """(field, index in it) of position j of a column, possibly a history joined with its future."""
+        if then is not None and j >= then[0]:
+            return then[1], j - then[0]
+        return field, first + j
 
 
 def _columns_of(lists: list[list], n: int, dtype) -> np.ndarray:
