@@ -12,14 +12,20 @@ from tests.conftest import compose_config, needs_shared
 from tests.serve.test_requests import STALLION, forecast_table
 
 
+def stallion_subset() -> pd.DataFrame:
+    """35 of the 350 stallion series (every 10th): the same code paths, faster."""
+    df = pd.read_parquet(needs_shared("stallion.parquet"))
+    keys = df[["agency", "sku"]].drop_duplicates().sort_values(["agency", "sku"]).iloc[::10]
+    return df.merge(keys, on=["agency", "sku"])
+
+
 def run(tmp_path, *overrides: str) -> pd.DataFrame:
     return predict(compose_config("predict.yaml", tmp_path, list(overrides)))
 
 
 def test_onnx_and_torch_backends_agree(real_bundle, tmp_path):
     rb = real_bundle("stallion")
-    df = pd.read_parquet(needs_shared("stallion.parquet"))
-    table = forecast_table(df, STALLION, "2017-07-01")
+    table = forecast_table(stallion_subset(), STALLION, "2017-07-01")
     table.to_parquet(tmp_path / "input.parquet")
     onnx_out, torch_out = tmp_path / "onnx.parquet", tmp_path / "torch.csv"
     run(tmp_path, f"bundle={rb.path}", f"input={tmp_path / 'input.parquet'}", f"output={onnx_out}")
@@ -28,7 +34,7 @@ def test_onnx_and_torch_backends_agree(real_bundle, tmp_path):
     a, b = pd.read_parquet(onnx_out), pd.read_csv(torch_out, parse_dates=["date"])
     # a long table: group ids, time, one column per quantile; H rows per series, after its last observation
     assert list(a.columns) == ["agency", "sku", "date", "q0.1", "q0.5", "q0.9"]
-    assert len(a) == 350 * 6 and a.groupby(["agency", "sku"]).size().eq(6).all()
+    assert len(a) == 35 * 6 and a.groupby(["agency", "sku"]).size().eq(6).all()
     assert sorted(a.date.unique()) == list(pd.date_range("2017-07-01", periods=6, freq="MS"))
     assert (a[["agency", "sku", "date"]].astype(str).to_numpy() == b[["agency", "sku", "date"]].astype(str).to_numpy()).all()
     q = ["q0.1", "q0.5", "q0.9"]
@@ -50,9 +56,8 @@ def test_model_without_known_inputs_needs_no_future_rows(real_bundle, tmp_path):
 
 def test_missing_future_rows_are_named(real_bundle, tmp_path):
     rb = real_bundle("stallion")
-    df = pd.read_parquet(needs_shared("stallion.parquet"))
-    table = forecast_table(df, STALLION, "2017-07-01")
-    table = table[~((table.agency == "Agency_05") & (table.sku == "SKU_02") & (table.date >= "2017-10-01"))]
+    table = forecast_table(stallion_subset(), STALLION, "2017-07-01")
+    table = table[~((table.agency == "Agency_15") & (table.sku == "SKU_02") & (table.date >= "2017-10-01"))]
     table.to_parquet(tmp_path / "input.parquet")
-    with pytest.raises(SchemaError, match="agency=Agency_05, sku=SKU_02.*the table has 3"):
+    with pytest.raises(SchemaError, match="agency=Agency_15, sku=SKU_02.*the table has 3"):
         run(tmp_path, f"bundle={rb.path}", f"input={tmp_path / 'input.parquet'}", "output=null")
