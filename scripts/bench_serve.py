@@ -13,11 +13,12 @@ per stallion series (the 36 months before 2017-06 and the 6 known future months)
    options) against PyTorch eager (torch.inference_mode), at batch 1 and 64, 1 and 2 threads;
    medians of many calls.
 2. HTTP: `fusioncast-serve` (one worker) in a subprocess, driven by wrk (one wrk thread, on the same
-   2 cores): one connection back to back (batch-1 latency), then a Lua script that paces every connection (rate / 10 connections, each waiting a
-   random delay of mean 100 ms between its requests): latency p50/p95/p99 at offered rates of
-   single-series requests. wrk 4 has no open-loop mode (wrk2's -R), so a connection waits for its
-   answer before its next delay: the achieved rate is reported next to the offered one, and a run
-   counts as sustained when it reaches 93 % of the offered rate with no error.
+   2 cores): one connection back to back (batch-1 latency), then a Lua script that paces every
+   connection (rate / 10 connections, each waiting a random delay of mean 100 ms between its
+   requests): latency p50/p95/p99 at offered rates of single-series requests. wrk 4 has no
+   open-loop mode (wrk2's -R), so a connection waits for its answer before its next delay: the
+   achieved rate is reported next to the offered one, and a run counts as sustained when it
+   reaches 93 % of the offered rate with no error.
 3. Throughput: rates raised step by step until two runs in a row miss p99 <= 10 ms or their rate;
    the highest sustained forecasts/s with p99 <= 10 ms, for single-series requests micro-batched by
    the server, without micro-batching (--max-batch-size 1), with 2 worker processes, and with 8
@@ -197,7 +198,7 @@ class Server:
                 except OSError:
                     continue
                 stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-        tree, total = {self.proc.pid}, 0.0
+        tree = {self.proc.pid}
         for _ in range(3):  # the server, its workers, their helpers
             tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
         return sum(stats[pid][1] for pid in tree if pid in stats)

@@ -16,9 +16,9 @@ from tests.conftest import compose_config, needs_shared
 
 REAL_FILES = {"nyc_taxi": "nyc_taxi.csv", "stallion": "stallion.parquet", "etth1": "ETTh1.csv"}
 # a small model, a few training steps; windows shortened on the long-history sets to keep it quick
-TINY_REAL = ["model.hidden_size=16", "model.scheduler=null", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=0",
-             "+trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-             "seed=0"]
+TINY_REAL = ["model.hidden_size=16", "model.scheduler=null", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+             "trainer.limit_val_batches=0", "+trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+             "trainer.enable_model_summary=false", "seed=0"]
 SHORTER = {"nyc_taxi": ["data.max_encoder_length=48", "data.max_prediction_length=12"],
            "etth1": ["data.max_encoder_length=48", "data.max_prediction_length=12"]}
 

@@ -36,7 +36,8 @@ def test_onnx_and_torch_backends_agree(real_bundle, tmp_path):
     assert list(a.columns) == ["agency", "sku", "date", "q0.1", "q0.5", "q0.9"]
     assert len(a) == 35 * 6 and a.groupby(["agency", "sku"]).size().eq(6).all()
     assert sorted(a.date.unique()) == list(pd.date_range("2017-07-01", periods=6, freq="MS"))
-    assert (a[["agency", "sku", "date"]].astype(str).to_numpy() == b[["agency", "sku", "date"]].astype(str).to_numpy()).all()
+    keys = ["agency", "sku", "date"]
+    assert (a[keys].astype(str).to_numpy() == b[keys].astype(str).to_numpy()).all()
     q = ["q0.1", "q0.5", "q0.9"]
     scale = np.abs(a[q].to_numpy()).max(axis=1, keepdims=True)
     assert (np.abs(a[q].to_numpy() - b[q].to_numpy()) <= 1e-4 * np.maximum(scale, 1.0)).all()

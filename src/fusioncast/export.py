@@ -115,7 +115,8 @@ def check_parity(path: Path, graph: _Graph, batch: Batch, tolerance: float) -> d
         rel = max(rel, relative_difference(got[0], want[0][part], scale[part]))
         for g, w in zip(got[1:], want[1:]):  # weights and attention lie in [0, 1]: absolute difference
             interp = max(interp, float(np.abs(g - w[part]).max(initial=0.0)))
-    report = {"split": None, "windows": int(len(scale)), "batch_sizes": sorted({p.stop - p.start for p in _chunks(len(scale))}),
+    sizes = sorted({p.stop - p.start for p in _chunks(len(scale))})
+    report = {"split": None, "windows": int(len(scale)), "batch_sizes": sizes,
               "max_rel_diff": rel, "max_abs_diff_interpretation": interp if graph.interpretation else None,
               "tolerance": tolerance, "definition": "max |onnx - torch| / max(|torch|, series target scale)"}
     log.info("ONNX vs PyTorch on %d real windows: max relative difference %.3g (tolerance %.0e)%s", len(scale), rel,
@@ -160,7 +161,8 @@ def quantize_int8(out_dir: Path, batch: Batch, quantiles: list[float], tolerance
     mae32, mae8 = _mae(p32, batch, median), _mae(p8, batch, median)
     change = (mae8 - mae32) / mae32 if mae32 > 0 else 0.0
     report = {
-        "file": INT8_FILE, "windows": int(len(p32)), "max_rel_diff_vs_fp32": relative_difference(p8, p32, inputs["target_scale"]),
+        "file": INT8_FILE, "windows": int(len(p32)),
+        "max_rel_diff_vs_fp32": relative_difference(p8, p32, inputs["target_scale"]),
         "mae_fp32": mae32, "mae_int8": mae8, "mae_change": change, "tolerance": tolerance,
         "batch1_ms_fp32": _batch1_ms(s32, inputs), "batch1_ms_int8": _batch1_ms(s8, inputs),
         "kept": bool(change <= tolerance),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusioncast.data.preprocess import UNKNOWN, Preprocessor
+from fusioncast.data.preprocess import Preprocessor
 
 # The ONNX graph's inputs, in the model's argument order (the first eight fields of windows.Batch).
 INPUT_NAMES = ("static_cat", "static_real", "encoder_cat", "encoder_real", "decoder_cat", "decoder_real",

@@ -104,7 +104,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         await batcher.start()
         state["ready"] = True
         log.info("serving %s (%s, sha256 %s) with max batch %d, max wait %.1f ms, queue %d", bundle.path,
-                 config.variant, model_block["sha256"][:12], config.max_batch_size, config.max_wait_ms, config.max_queue)
+                 config.variant, model_block["sha256"][:12], config.max_batch_size, config.max_wait_ms,
+                 config.max_queue)
         yield
         state["ready"] = False  # /readyz says so while queued requests finish
         await batcher.stop()

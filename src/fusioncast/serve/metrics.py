@@ -21,7 +21,8 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("fusioncast_requests", "Forecast requests answered, by HTTP status", ["status"], registry=r)
+        self.requests = Counter("fusioncast_requests", "Forecast requests answered, by HTTP status", ["status"],
+                                registry=r)
         self.latency = Histogram("fusioncast_request_seconds", "Forecast request latency in the server (s)",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.forecasts = Counter("fusioncast_forecasts", "Series forecast", registry=r)

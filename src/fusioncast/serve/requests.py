@@ -264,7 +264,8 @@ class RequestParser:
             text = self._text(sid, i, "id")
             values = tuple(text.split("|")) if len(ids) > 1 else (text,)
             if len(values) != len(ids):
-                raise RequestError(f"series[{i}]: id {sid!r} must name {ids} as an object or as '" + "|".join(ids) + "'",
+                joined = "|".join(ids)
+                raise RequestError(f"series[{i}]: id {sid!r} must name {ids} as an object or as '{joined}'",
                                    series=i, field="id")
         else:
             raise RequestError(f"series[{i}]: id is required ({ids}: an object or '" + "|".join(ids) + "')",
