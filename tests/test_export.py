@@ -18,7 +18,7 @@ from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES
 from fusioncast.export import ExportError, _Graph, check_parity, quantize_int8, real_windows, relative_difference
 from fusioncast.serve.bundle import Bundle, Model, sha256_file
 from fusioncast.train import train
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, needs_shared
 
 
 @pytest.mark.parametrize("name", ["nyc_taxi", "stallion", "etth1"])
@@ -130,3 +130,25 @@ def test_train_then_export_end_to_end(tmp_path):
     assert bundle.meta["metrics"]["test"]["mae"] == pytest.approx(metrics["test"]["mae"])
     assert bundle.meta["parity"]["max_rel_diff"] <= 1e-4
     assert (tmp_path / "bundle" / "example_request.json").exists()
+
+
+@pytest.mark.slow
+def test_console_scripts_export_and_predict(real_bundle, tmp_path):
+    """fusioncast-export and fusioncast-predict as a user runs them (Hydra apps, key=value overrides)."""
+    import subprocess
+
+    import pandas as pd
+
+    rb = real_bundle("nyc_taxi")
+    out = tmp_path / "exported"
+    subprocess.run(["fusioncast-export", f"ckpt_path={rb.checkpoint}", f"output_dir={out}", "parity.windows=32",
+                    f"hydra.run.dir={tmp_path / 'run'}"], check=True)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["parity"]["max_rel_diff"] <= 1e-4 and meta["checkpoint"] == rb.checkpoint
+    table = pd.read_csv(needs_shared("nyc_taxi.csv"))
+    table.iloc[:3000].to_csv(tmp_path / "input.csv", index=False)
+    subprocess.run(["fusioncast-predict", f"bundle={out}", f"input={tmp_path / 'input.csv'}",
+                    f"output={tmp_path / 'forecasts.csv'}", f"hydra.run.dir={tmp_path / 'run2'}"], check=True)
+    forecasts = pd.read_csv(tmp_path / "forecasts.csv")
+    assert list(forecasts.columns) == ["timestamp", "q0.1", "q0.5", "q0.9"]
+    assert len(forecasts) == meta["max_prediction_length"]
