@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusioncast.models import TemporalFusionTransformer
-from fusioncast.models.layers import InterpretableMultiHeadAttention
+from fusioncast.models.layers import Dropout, InterpretableMultiHeadAttention, VariableSelectionNetwork
 
 L, H = 8, 4
 RICH = dict(  # every input kind present
@@ -173,9 +173,10 @@ def test_fp16_attention_survives_fully_masked_rows():
     assert (weights[mask.logical_not() & mask.any(-1, keepdim=True)] == 0).all()
 
 
+@pytest.mark.parametrize("variable_size", [4, None], ids=["narrow", "full"])
 @pytest.mark.parametrize("config", [RICH, UNIVARIATE], ids=["rich", "univariate"])
-def test_training_step_reaches_every_parameter(config):
-    model = make_model(config, lstm_layers=2).train()
+def test_training_step_reaches_every_parameter(config, variable_size):
+    model = make_model(config, lstm_layers=2, variable_size=variable_size).train()
     batch = make_batch(model, 6)
     target = torch.randn(6, H, 1) * 5 + 50
     quantiles = torch.tensor(model.quantiles)
@@ -189,6 +190,37 @@ def test_training_step_reaches_every_parameter(config):
     if config is RICH:  # with more than one variable per group every weight matters
         dead = [name for name, p in model.named_parameters() if not p.grad.any()]
         assert not dead
+
+
+def test_variable_width_and_full_width_layouts():
+    narrow, full = make_model(RICH, variable_size=4), make_model(RICH, variable_size=None)
+    assert narrow.variable_size == 4 and full.variable_size == 16 == make_model(RICH, variable_size=64).variable_size
+    assert narrow.encoder_vsn.project is not None and full.encoder_vsn.project is None
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_projection_is_a_per_variable_linear_layer_then_mixing():
+    """The fused (N, V e) x (V e, d) matmul equals mapping each variable to d, then the weighted sum."""
+    torch.manual_seed(0)
+    vsn = VariableSelectionNetwork(5, 16, dropout=0.0, context_size=16, input_size=4).eval()
+    x, context = torch.randn(3, 7, 5, 4), torch.randn(3, 1, 16)
+    mixed, weights = vsn(x, context)
+    z = vsn.var_grns(x.reshape(-1, 5, 4).transpose(0, 1).contiguous())  # (V, N, e)
+    per_var = torch.stack([z[v] @ vsn.project.weight[v] + vsn.project.bias[v] for v in range(5)])  # (V, N, d)
+    want = (per_var * weights.reshape(-1, 5).T.unsqueeze(-1)).sum(0).reshape(3, 7, 16)
+    torch.testing.assert_close(mixed, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_dropout_mask_is_bernoulli_and_eval_is_identity():
+    torch.manual_seed(0)
+    drop = Dropout(0.25)
+    x = torch.ones(200_000)
+    y = drop.train()(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
 
 
 class _WithInterpretation(torch.nn.Module):
@@ -207,11 +239,13 @@ class _WithInterpretation(torch.nn.Module):
 
 # Each export costs several CPU seconds, so the empty-groups variant only runs with the slow tests.
 @pytest.mark.parametrize(
-    "config", [RICH, pytest.param(UNIVARIATE, marks=pytest.mark.slow)], ids=["rich", "univariate"]
+    "config, variable_size",
+    [(RICH, 4), pytest.param(RICH, None, marks=pytest.mark.slow), pytest.param(UNIVARIATE, 4, marks=pytest.mark.slow)],
+    ids=["rich-narrow", "rich-full", "univariate"],
 )
-def test_onnx_export_matches_torch(config, tmp_path):
+def test_onnx_export_matches_torch(config, variable_size, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    model = make_model(config).eval()
+    model = make_model(config, variable_size=variable_size).eval()
     wrapper = _WithInterpretation(model)
     example = make_batch(model, 3)
     batch_dim = torch.export.Dim("batch")

@@ -37,6 +37,12 @@ class TemporalFusionTransformer(nn.Module):
     target. ``real_center``/``real_scale`` normalise the reals (order: static, known, unknown)
     and are saved as buffers; the target is normalised per series by ``target_scale``, whose
     center/scale and log-scale also enter the static variable selection.
+
+    ``variable_size`` is the width of each variable's embedding and of its GRN inside the variable
+    selection networks (pytorch-forecasting's ``hidden_continuous_size``), capped at
+    ``hidden_size``; None gives every variable the full ``hidden_size`` (the paper's, and NVIDIA's,
+    layout). The per-variable GRNs are most of the model's cost, so a small width is what makes
+    wide inputs cheap.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class TemporalFusionTransformer(nn.Module):
         lstm_layers: int = 1,
         real_center: list[float] | None = None,
         real_scale: list[float] | None = None,
+        variable_size: int | None = 8,
     ):
         super().__init__()
         assert 0 <= num_known_categoricals <= len(encoder_categorical_cardinalities)
@@ -75,6 +82,8 @@ class TemporalFusionTransformer(nn.Module):
         self.num_encoder_vars = self.num_encoder_categoricals + 1 + num_known_reals + num_unknown_reals
         self.num_decoder_vars = num_known_categoricals + num_known_reals
         d = hidden_size
+        e = min(variable_size, d) if variable_size else d
+        self.variable_size = e
 
         # Raw -> normalised reals, order: static, known, unknown. Buffers, so they ship with the weights.
         num_reals = num_static_reals + num_known_reals + num_unknown_reals
@@ -88,7 +97,7 @@ class TemporalFusionTransformer(nn.Module):
         # Categoricals: one embedding table, each variable offset into its own block of rows.
         # Variables: static categoricals, then encoder ones; the decoder reuses the known ones.
         cards = [*static_categorical_cardinalities, *encoder_categorical_cardinalities]
-        self.cat_embedding = nn.Embedding(sum(cards), d) if cards else None
+        self.cat_embedding = nn.Embedding(sum(cards), e) if cards else None
         self.register_buffer("cat_cardinalities", torch.tensor(cards, dtype=torch.long), persistent=False)
         self.register_buffer("cat_offsets", torch.tensor([0, *cards]).cumsum(0)[:-1], persistent=False)
         n_sc = self.num_static_categoricals
@@ -96,7 +105,7 @@ class TemporalFusionTransformer(nn.Module):
         self.encoder_cat_vars = slice(n_sc, None)
         self.known_cat_vars = slice(n_sc, n_sc + num_known_categoricals)
 
-        # Reals: a Linear(1, d) per variable, stacked into rows: static reals, the 2 target-scale
+        # Reals: a Linear(1, e) per variable, stacked into rows: static reals, the 2 target-scale
         # features, target, known reals, unknown reals. The decoder reuses the known rows.
         t = num_static_reals + 2
         self.static_real_rows = slice(0, t)
@@ -104,17 +113,18 @@ class TemporalFusionTransformer(nn.Module):
         self.covariate_rows = slice(t + 1, None)
         self.known_real_rows = slice(t + 1, t + 1 + num_known_reals)
         num_real_vars = t + 1 + num_known_reals + num_unknown_reals
-        self.real_weight = nn.Parameter(torch.empty(num_real_vars, d).uniform_(-1, 1))  # nn.Linear(1, d) init
-        self.real_bias = nn.Parameter(torch.empty(num_real_vars, d).uniform_(-1, 1))
+        self.real_weight = nn.Parameter(torch.empty(num_real_vars, e).uniform_(-1, 1))  # nn.Linear(1, e) init
+        self.real_bias = nn.Parameter(torch.empty(num_real_vars, e).uniform_(-1, 1))
         # Stands in for the target's embedding where it is unobserved, so a gap differs from a 0.
-        self.target_missing = nn.Parameter(torch.randn(d))
+        self.target_missing = nn.Parameter(torch.randn(e))
 
-        self.static_vsn = VariableSelectionNetwork(self.num_static_vars, d, dropout)
-        self.encoder_vsn = VariableSelectionNetwork(self.num_encoder_vars, d, dropout, context_size=d)
+        self.static_vsn = VariableSelectionNetwork(self.num_static_vars, d, dropout, input_size=e)
+        self.encoder_vsn = VariableSelectionNetwork(self.num_encoder_vars, d, dropout, context_size=d, input_size=e)
         # With no future inputs at all, the decoder still needs a (B, H, d) sequence to unroll the
         # LSTM over: a learned per-horizon-step embedding.
         if self.num_decoder_vars:
-            self.decoder_vsn = VariableSelectionNetwork(self.num_decoder_vars, d, dropout, context_size=d)
+            self.decoder_vsn = VariableSelectionNetwork(self.num_decoder_vars, d, dropout, context_size=d,
+                                                        input_size=e)
             self.decoder_no_input = None
         else:
             self.decoder_vsn = None
@@ -144,13 +154,13 @@ class TemporalFusionTransformer(nn.Module):
         self.register_buffer("causal_mask", causal, persistent=False)
 
     def _embed_categoricals(self, codes: Tensor, variables: slice) -> Tensor:
-        """Codes (..., n) -> (..., n, d). Out-of-range codes fall back to the unknown bucket 0."""
+        """Codes (..., n) -> (..., n, e). Out-of-range codes fall back to the unknown bucket 0."""
         cards = self.cat_cardinalities[variables]
         codes = torch.where((codes >= 0) & (codes < cards), codes, 0)
         return self.cat_embedding(codes + self.cat_offsets[variables])
 
     def _embed_reals(self, x: Tensor, rows: slice) -> Tensor:
-        """Normalised reals (..., n) -> (..., n, d): x * W[v] + b[v] per variable v."""
+        """Normalised reals (..., n) -> (..., n, e): x * W[v] + b[v] per variable v."""
         return x.unsqueeze(-1) * self.real_weight[rows] + self.real_bias[rows]
 
     def forward(
@@ -192,7 +202,7 @@ class TemporalFusionTransformer(nn.Module):
         # asinh keeps huge center/scale ratios (stable series far from 0) in a sane range.
         target_level = torch.cat([torch.asinh(center / scale), scale.log()], dim=-1)
 
-        # Embed every variable to (..., n_vars, d), grouped by the network that selects among them.
+        # Embed every variable to (..., n_vars, e), grouped by the network that selects among them.
         # Where the target is unobserved its embedding is a learned "missing" vector instead.
         target_x = self._embed_reals(target.unsqueeze(-1), self.target_rows)
         static_x = [self._embed_reals(torch.cat([static_real, target_level], dim=-1), self.static_real_rows)]
