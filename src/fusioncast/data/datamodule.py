@@ -20,7 +20,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
     `name` is a built-in set (synthetic, nyc_taxi, stallion, etth1) or `custom` (with `path`).
     `val_start`/`test_start` are timestamps or fractions of each series' span; `test_start=None` means
     no test split (validation runs to the end); data at or after `test_end` (if set) is dropped.
-    `target_normalizer`: "series" (per-series mean/std on training rows) or "global" (one for all).
+    `target_normalizer`: "series" (per-series mean/std on training rows), "global" (one for all) or
+    "encoder" (per-window center: the encoder's mean; per-series scale).
     """
 
     def __init__(
@@ -119,7 +120,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         if self._tensors is None or self._tensors.device != device:
             s = self.schema
             self._tensors = SeriesTensors(self.enc, len(s.known_categoricals), len(s.time_varying_known_reals),
-                                          s.max_encoder_length, s.max_prediction_length, device)
+                                          s.max_encoder_length, s.max_prediction_length, device,
+                                          encoder_center=s.target_normalizer == "encoder")
         return self._tensors
 
     def loader(self, split: str, device=None, shuffle: bool | None = None) -> BatchLoader:

@@ -109,8 +109,20 @@ class Preprocessor:
         return codes.astype(np.int64)  # get_indexer gives -1 for unknown, so unknown -> 0
 
     def target_scale(self, key: str, history: np.ndarray) -> tuple[float, float]:
-        """The fitted scale of a known series; a series unseen in training is scaled by its own history
-        (by the shared training statistics with target_normalizer=global)."""
+        """(center, scale) of a forecast window whose encoder holds the observed targets `history`.
+
+        The fitted scale of a known series; a series unseen in training is scaled by its own history
+        (by the shared training statistics with target_normalizer=global). With target_normalizer=encoder
+        the center is the mean of `history` (SeriesTensors.gather computes the same in training).
+        """
+        history = np.asarray(history, dtype=np.float64)
+        center, scale = self.series_scale(key, history)
+        if self.schema.target_normalizer == "encoder" and history.size:
+            center = float(history.mean())
+        return center, scale
+
+    def series_scale(self, key: str, history: np.ndarray) -> tuple[float, float]:
+        """The fitted (center, scale) of a series, or for one unseen in training that of `history`."""
         if key not in self.target_scales and self.schema.target_normalizer == "global" and self.target_scales:
             return next(iter(self.target_scales.values()))
         return self.target_scales.get(key) or _stats(np.asarray(history, dtype=np.float64))
@@ -147,7 +159,7 @@ class Preprocessor:
             for j, col in enumerate(tv_real[1:], start=1):
                 out.real[i, :n, j] = self._fill(col, g[col].to_numpy(np.float64))
             out.observed[i, :n] = observed
-            out.target_scale[i] = self.target_scale(k, y[observed])
+            out.target_scale[i] = self.series_scale(k, y[observed])
         return out
 
     def _fill(self, col: str, x: np.ndarray) -> np.ndarray:

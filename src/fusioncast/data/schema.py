@@ -21,7 +21,7 @@ ROLE_LISTS = (
     "time_varying_unknown_reals",
 )
 
-TARGET_NORMALIZERS = ("series", "global")
+TARGET_NORMALIZERS = ("series", "global", "encoder")
 
 
 class SchemaError(ValueError):
@@ -45,8 +45,10 @@ class Schema:
     freq: str | None = None
     max_encoder_length: int = 24
     max_prediction_length: int = 6
-    # how the target is scaled (fitted on training rows): "series" (each series' own mean/std) or
-    # "global" (one mean/std over every series, as the ETT/Informer benchmarks z-normalise)
+    # how the target is scaled (fitted on training rows): "series" (each series' own mean/std),
+    # "global" (one mean/std over every series, as the ETT/Informer benchmarks z-normalise) or
+    # "encoder" (each window centred on its encoder's mean, scaled by its series' std, like
+    # pytorch-forecasting's EncoderNormalizer: robust to level shifts between training and test)
     target_normalizer: str = "series"
 
     def __post_init__(self) -> None:

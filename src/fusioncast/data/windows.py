@@ -74,8 +74,10 @@ class SeriesTensors:
     """The encoded arrays of all series as tensors on one device, and the gather that cuts windows."""
 
     def __init__(self, enc: Encoded, n_known_cat: int, n_known_real: int, L: int, H: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, encoder_center: bool = False):
         self.L, self.H, self.n_known_cat, self.n_known_real = L, H, n_known_cat, n_known_real
+        # target_normalizer=encoder: each window's target center is the mean of its encoder's observed targets
+        self.encoder_center = encoder_center
         self.device = torch.device(device)
         t = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=self.device)  # noqa: E731
         self.static_cat = t(enc.static_cat)
@@ -94,6 +96,11 @@ class SeriesTensors:
         # steps before a series' start (short encoders) read step 0 and are masked out
         tc = t.clamp_min(0)
         cat, real, obs = self.cat[s, tc], self.real[s, tc], self.observed[s, tc] & (t >= 0)
+        target_scale = self.target_scale[series]
+        if self.encoder_center:
+            n = obs[:, :L].sum(1)
+            mean = (real[:, :L, 0] * obs[:, :L]).sum(1) / n.clamp_min(1)
+            target_scale = torch.stack([torch.where(n > 0, mean, target_scale[:, 0]), target_scale[:, 1]], -1)
         return Batch(
             static_cat=self.static_cat[series],
             static_real=self.static_real[series],
@@ -102,7 +109,7 @@ class SeriesTensors:
             decoder_cat=cat[:, L:, : self.n_known_cat],
             decoder_real=real[:, L:, 1 : 1 + self.n_known_real],
             encoder_mask=obs[:, :L],
-            target_scale=self.target_scale[series],
+            target_scale=target_scale,
             target=real[:, L:, 0],
             target_mask=obs[:, L:],
             series=series,

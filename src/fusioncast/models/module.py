@@ -38,12 +38,14 @@ class TFTModule(L.LightningModule):
         optimizer: partial | None = None,
         scheduler: partial | None = None,
         variable_size: int | None = 8,
+        linear_skip: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.net = TemporalFusionTransformer(
             **data_kwargs, quantiles=list(quantiles), hidden_size=hidden_size,
             attention_heads=attention_heads, dropout=dropout, lstm_layers=lstm_layers, variable_size=variable_size,
+            linear_skip=linear_skip,
         )
         self.register_buffer("quantiles", torch.tensor(list(quantiles), dtype=torch.float32), persistent=False)
         self.median = min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))

@@ -64,6 +64,7 @@ class TemporalFusionTransformer(nn.Module):
         real_center: list[float] | None = None,
         real_scale: list[float] | None = None,
         variable_size: int | None = 8,
+        linear_skip: int = 0,
     ):
         super().__init__()
         assert 0 <= num_known_categoricals <= len(encoder_categorical_cardinalities)
@@ -148,6 +149,16 @@ class TemporalFusionTransformer(nn.Module):
         self.positionwise_grn = GatedResidualNetwork(d, d, d, dropout)
         self.pre_output_gate = GateAddNorm(d, d, dropout=0.0)  # skip over the whole temporal block
         self.output = nn.Linear(d, len(self.quantiles))
+        # Linear autoregressive skip (LSTNet's highway; NLinear): the last `linear_skip` normalised targets,
+        # relative to the last observed one, map linearly to the horizon; the TFT's quantiles are added to
+        # it. Zero-initialised, so training starts from the last-value forecast. Helps where the level
+        # drifts away from the training data's (ETTh1) and a linear map of the recent past is strong.
+        self.linear_skip = min(int(linear_skip or 0), max_encoder_length)
+        self.skip = nn.Linear(self.linear_skip, max_prediction_length) if self.linear_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
+        self.register_buffer("positions", torch.arange(max_encoder_length), persistent=False)
 
         # Decoder step i sees decoder steps <= i (plus every observed encoder step).
         causal = torch.ones(max_prediction_length, max_prediction_length, dtype=torch.bool).tril()
@@ -158,6 +169,14 @@ class TemporalFusionTransformer(nn.Module):
         cards = self.cat_cardinalities[variables]
         codes = torch.where((codes >= 0) & (codes < cards), codes, 0)
         return self.cat_embedding(codes + self.cat_offsets[variables])
+
+    def _linear_skip(self, target: Tensor, encoder_mask: Tensor) -> Tensor:
+        """(B, H): last observed normalised target + a linear map of the recent ones relative to it."""
+        k = self.linear_skip
+        last_step = torch.where(encoder_mask, self.positions, 0).amax(dim=-1, keepdim=True)  # 0 if none observed
+        last = target.gather(1, last_step)
+        recent = torch.where(encoder_mask[:, -k:], target[:, -k:] - last, 0.0)
+        return last + self.skip(recent)
 
     def _embed_reals(self, x: Tensor, rows: slice) -> Tensor:
         """Normalised reals (..., n) -> (..., n, e): x * W[v] + b[v] per variable v."""
@@ -253,7 +272,10 @@ class TemporalFusionTransformer(nn.Module):
         x = self.positionwise_grn(x)
         x = self.pre_output_gate(x, temporal[:, L:])
 
-        quantiles = self.output(x) * scale.unsqueeze(-1) + center.unsqueeze(-1)
+        out = self.output(x)
+        if self.skip is not None:
+            out = out + self._linear_skip(target, encoder_mask).unsqueeze(-1)
+        quantiles = out * scale.unsqueeze(-1) + center.unsqueeze(-1)
         if not return_interpretation:
             return quantiles
         return quantiles, static_weights, encoder_weights, decoder_weights, attention

@@ -1,0 +1,47 @@
+"""Options the accuracy work added: the linear skip (starts as the last-value forecast) and its export."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from fusioncast.models.tft import TemporalFusionTransformer
+from fusioncast.train import train
+from tests.conftest import TINY, compose_config
+
+KW = dict(static_categorical_cardinalities=[3], encoder_categorical_cardinalities=[5], num_known_categoricals=1,
+          num_static_reals=0, num_known_reals=1, num_unknown_reals=1, max_encoder_length=12, max_prediction_length=4,
+          hidden_size=16, dropout=0.0)
+
+
+def inputs(B: int = 6):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(B, 12, generator=g) > 0.2
+    mask[0, -3:] = False  # the last observed target is three steps back
+    return (torch.randint(0, 3, (B, 1), generator=g), torch.zeros(B, 0), torch.randint(0, 5, (B, 12, 1), generator=g),
+            torch.randn(B, 12, 3, generator=g) * 5 + 20, torch.randint(0, 5, (B, 4, 1), generator=g),
+            torch.randn(B, 4, 1, generator=g), mask, torch.tensor([[20.0, 5.0]]).repeat(B, 1))
+
+
+def test_linear_skip_starts_from_the_last_observed_value():
+    torch.manual_seed(0)
+    with_skip = TemporalFusionTransformer(**KW, linear_skip=8).eval()
+    plain = TemporalFusionTransformer(**KW).eval()
+    plain.load_state_dict({k: v for k, v in with_skip.state_dict().items() if not k.startswith("skip.")})
+    x = inputs()
+    with torch.no_grad():
+        diff = with_skip(*x) - plain(*x)
+    mask, y = x[6], x[3][..., 0]
+    last = torch.stack([y[i][mask[i]][-1] for i in range(len(y))])  # raw units
+    torch.testing.assert_close(diff, (last - 20.0)[:, None, None].expand_as(diff), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_skip_and_encoder_normalizer_export_with_parity(tmp_path):
+    cfg = compose_config("train.yaml", tmp_path, TINY + ["model.linear_skip=24", "data.target_normalizer=encoder",
+                                                          "export=true", "calibration=conformal"])
+    metrics = train(cfg)  # export_bundle raises when onnxruntime and PyTorch disagree
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert meta["parity"]["max_rel_diff"] <= 1e-4
+    assert meta["schema"]["target_normalizer"] == "encoder"
+    assert metrics["calibration"]["method"] == "conformal"
