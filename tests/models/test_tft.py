@@ -211,6 +211,17 @@ def test_projection_is_a_per_variable_linear_layer_then_mixing():
     torch.testing.assert_close(mixed, want, rtol=1e-5, atol=1e-5)
 
 
+def test_categoricals_per_category_equal_per_step():
+    """The selection GRNs of categoricals run once per category and are gathered: same outputs."""
+    model = make_model(RICH).eval()
+    batch = make_batch(model, 4)
+    assert model.vocab_tables
+    want = model(**batch, return_interpretation=True)
+    model.vocab_tables = False
+    for got, expected in zip(model(**batch, return_interpretation=True), want):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_cpu_dropout_mask_is_bernoulli_and_eval_is_identity():
     torch.manual_seed(0)
     drop = Dropout(0.25)

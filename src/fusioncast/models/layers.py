@@ -1,10 +1,9 @@
 """Building blocks of the Temporal Fusion Transformer (Lim et al. 2021).
 
-Blocks can run "per variable": with ``num_vars`` set, each of the V variables gets its own
-weights, held as one (V, in, out) tensor, and the activations are laid out variable-major,
-(V, N, features), so that each layer is one batched matmul (baddbmm) on contiguous memory. A
-variable selection network over V inputs then costs a few batched matmuls instead of a Python
-loop of V GRNs.
+The per-variable GRNs of a variable selection network hold each of the V variables' weights as
+one (V, in, out) tensor and lay activations out variable-major, (V, N, features), so that each
+layer is one batched matmul (baddbmm) on contiguous memory: a few batched matmuls instead of a
+Python loop of V GRNs.
 """
 
 from __future__ import annotations
@@ -32,7 +31,10 @@ class Dropout(nn.Dropout):
 
 
 class VarLinear(nn.Module):
-    """Independent linear maps, one per variable, variable-major: (V, N, in) -> (V, N, out)."""
+    """Independent linear maps, one per variable, variable-major: (V, N, in) -> (V, N, out).
+
+    ``variables`` picks a contiguous subset of the variables (x then holds only those).
+    """
 
     def __init__(self, num_vars: int, in_features: int, out_features: int):
         super().__init__()
@@ -42,9 +44,9 @@ class VarLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_vars, in_features, out_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(num_vars, out_features).uniform_(-bound, bound))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, variables: slice = slice(None)) -> Tensor:
         # bias added inside the matmul: one kernel, no extra pass over the output
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        return torch.baddbmm(self.bias[variables].unsqueeze(1), x, self.weight[variables])
 
 
 class VarLayerNorm(nn.Module):
@@ -60,19 +62,11 @@ class VarLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_vars, size)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_vars, size)) if affine else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, variables: slice = slice(None)) -> Tensor:
         x = F.layer_norm(x, (self.size,))
-        return x if self.weight is None else torch.addcmul(self.bias.unsqueeze(1), x, self.weight.unsqueeze(1))
-
-
-def _linear(in_features: int, out_features: int, num_vars: int | None) -> nn.Module:
-    if num_vars is None:
-        return nn.Linear(in_features, out_features)
-    return VarLinear(num_vars, in_features, out_features)
-
-
-def _layer_norm(size: int, num_vars: int | None, affine: bool = True) -> nn.Module:
-    return nn.LayerNorm(size, elementwise_affine=affine) if num_vars is None else VarLayerNorm(num_vars, size, affine)
+        if self.weight is None:
+            return x
+        return torch.addcmul(self.bias[variables].unsqueeze(1), x, self.weight[variables].unsqueeze(1))
 
 
 class GateAddNorm(nn.Module):
@@ -82,12 +76,11 @@ class GateAddNorm(nn.Module):
     where the data does not need it.
     """
 
-    def __init__(self, input_size: int, output_size: int, dropout: float, num_vars: int | None = None,
-                 norm_affine: bool = True):
+    def __init__(self, input_size: int, output_size: int, dropout: float):
         super().__init__()
         self.dropout = Dropout(dropout)
-        self.glu = _linear(input_size, 2 * output_size, num_vars)
-        self.norm = _layer_norm(output_size, num_vars, norm_affine)
+        self.glu = nn.Linear(input_size, 2 * output_size)
+        self.norm = nn.LayerNorm(output_size)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         value, gate = self.glu(self.dropout(x)).chunk(2, dim=-1)
@@ -97,9 +90,7 @@ class GateAddNorm(nn.Module):
 class GatedResidualNetwork(nn.Module):
     """GRN(a, c) = LayerNorm(skip(a) + GLU(W1 ELU(W2 a + W3 c + b2) + b1)), eqs. (2)-(5).
 
-    ``context`` (the static context c) is optional and broadcast against ``a``; per-variable
-    GRNs (``num_vars`` set) take no context, as in the paper. ``norm_affine=False`` drops the
-    final LayerNorm's affine, for GRNs whose output goes straight into a linear layer.
+    ``context`` (the static context c) is optional and broadcast against ``a``.
     """
 
     def __init__(
@@ -109,23 +100,47 @@ class GatedResidualNetwork(nn.Module):
         output_size: int,
         dropout: float,
         context_size: int | None = None,
-        num_vars: int | None = None,
-        norm_affine: bool = True,
     ):
         super().__init__()
-        assert context_size is None or num_vars is None, "per-variable GRNs take no context"
-        self.skip = _linear(input_size, output_size, num_vars) if input_size != output_size else None
-        self.fc1 = _linear(input_size, hidden_size, num_vars)
+        self.skip = nn.Linear(input_size, output_size) if input_size != output_size else None
+        self.fc1 = nn.Linear(input_size, hidden_size)
         self.context = nn.Linear(context_size, hidden_size, bias=False) if context_size else None
-        self.fc2 = _linear(hidden_size, hidden_size, num_vars)
-        self.gate = GateAddNorm(hidden_size, output_size, dropout, num_vars, norm_affine)
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.gate = GateAddNorm(hidden_size, output_size, dropout)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        skip = x if self.skip is None else self.skip(x)
-        h = self.fc1(x)
+        if self.skip is None:
+            skip, h = x, self.fc1(x)
+        else:  # skip and fc1 read the same input: one matmul for both
+            fc1, sk = self.fc1, self.skip
+            both = F.linear(x, torch.cat([fc1.weight, sk.weight]), torch.cat([fc1.bias, sk.bias]))
+            h, skip = both.split([fc1.out_features, sk.out_features], dim=-1)
         if self.context is not None:
             h = h + self.context(context)
         return self.gate(self.fc2(F.elu(h)), skip)
+
+
+class VariableGRNs(nn.Module):
+    """V independent GRNs of width e without context (the per-variable GRNs of eq. 7).
+
+    Weights are stacked (V, in, out) and activations are variable-major (V, N, e), so each layer
+    is one baddbmm over all variables; ``variables`` runs a contiguous subset of them. Input and
+    output have the same width, so the skip is the identity. ``norm_affine=False`` drops the
+    final LayerNorm's affine, for when a per-variable linear layer follows and absorbs it.
+    """
+
+    def __init__(self, num_vars: int, size: int, dropout: float, norm_affine: bool = True):
+        super().__init__()
+        self.fc1 = VarLinear(num_vars, size, size)
+        self.fc2 = VarLinear(num_vars, size, size)
+        self.dropout = Dropout(dropout)
+        self.glu = VarLinear(num_vars, size, 2 * size)
+        self.norm = VarLayerNorm(num_vars, size, norm_affine)
+
+    def forward(self, x: Tensor, variables: slice = slice(None)) -> Tensor:
+        h = self.fc2(F.elu(self.fc1(x, variables)), variables)
+        value, gate = self.glu(self.dropout(h), variables).chunk(2, dim=-1)
+        return self.norm(torch.addcmul(x, value, gate.sigmoid()), variables)
 
 
 class VariableSelectionNetwork(nn.Module):
@@ -143,6 +158,13 @@ class VariableSelectionNetwork(nn.Module):
     (d / e)^2 in FLOPs. The projection also absorbs the GRNs' LayerNorm affine (diag(g) P and
     beta P + b are just another P and b), so those GRNs have none. With e = d (the paper's layout)
     the GRNs output d and are mixed directly.
+
+    Categorical variables (the first k) may come as ``codes`` (..., k) with their embedding rows
+    ``vocab`` (k, C, e): a categorical's GRN output depends on its category alone, so it is computed
+    once per category and gathered, not once per time step (calendar and holiday features have a
+    handful of values but fill most of a window). Outputs are identical; in training, dropout inside
+    those GRNs then draws one mask per category per step (as embedding dropout does), not per step
+    of every window.
     """
 
     def __init__(self, num_vars: int, hidden_size: int, dropout: float, context_size: int | None = None,
@@ -152,15 +174,22 @@ class VariableSelectionNetwork(nn.Module):
         # the weights GRN maps V e inputs to V logits; a hidden layer wider than V buys little (as in
         # pytorch-forecasting)
         self.weights_grn = GatedResidualNetwork(num_vars * e, min(d, num_vars), num_vars, dropout, context_size)
-        self.var_grns = GatedResidualNetwork(e, e, e, dropout, num_vars=num_vars, norm_affine=e == d)
+        self.var_grns = VariableGRNs(num_vars, e, dropout, norm_affine=e == d)
         self.project = VarLinear(num_vars, e, d) if e != d else None
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None, codes: Tensor | None = None,
+                vocab: Tensor | None = None) -> tuple[Tensor, Tensor]:
         weights = self.weights_grn(x.flatten(-2), context).softmax(dim=-1)
-        lead, num_vars = x.shape[:-2], x.shape[-2]
+        lead, (num_vars, e) = x.shape[:-2], x.shape[-2:]
         flat_weights = weights.reshape(-1, num_vars)  # (N, V)
-        per_var = x.reshape(-1, *x.shape[-2:]).transpose(0, 1).contiguous()  # (V, N, e): variable-major
-        weighted = self.var_grns(per_var) * flat_weights.T.unsqueeze(-1)  # (V, N, e)
+        k = 0 if codes is None else codes.shape[-1]
+        per_var = x[..., k:, :].reshape(-1, num_vars - k, e).transpose(0, 1).contiguous()  # (V - k, N, e)
+        transformed = self.var_grns(per_var, slice(k, None))
+        if k:
+            table = self.var_grns(vocab, slice(0, k))  # (k, C, e): every category of each variable
+            rows = codes.reshape(-1, k).T + torch.arange(k, device=codes.device).unsqueeze(1) * vocab.shape[1]
+            transformed = torch.cat([table.reshape(-1, e)[rows], transformed])  # (V, N, e)
+        weighted = transformed * flat_weights.T.unsqueeze(-1)
         if self.project is None:
             mixed = weighted.sum(0)
         else:

@@ -26,6 +26,9 @@ from .layers import (
 
 # Floor for the per-series target scale: a constant series has scale 0.
 MIN_TARGET_SCALE = 1e-6
+# Time-varying categoricals with at most this many categories run their variable selection GRNs once
+# per category (then gathered) rather than once per time step; larger vocabularies stay per step.
+MAX_VOCAB_TABLE = 1024
 
 
 class TemporalFusionTransformer(nn.Module):
@@ -105,6 +108,15 @@ class TemporalFusionTransformer(nn.Module):
         self.static_cat_vars = slice(0, n_sc)
         self.encoder_cat_vars = slice(n_sc, None)
         self.known_cat_vars = slice(n_sc, n_sc + num_known_categoricals)
+        # Every encoder categorical's embedding rows, padded to the largest cardinality with its row 0
+        # (never gathered): the vocabulary that the encoder/decoder selection GRNs run on.
+        encoder_cards = encoder_categorical_cardinalities
+        width = max(encoder_cards, default=0)
+        self.vocab_tables = 0 < width <= MAX_VOCAB_TABLE
+        offsets = self.cat_offsets[self.encoder_cat_vars].tolist()
+        vocab_rows = [[o + min(i, c - 1) * (i < c) for i in range(width)] for o, c in zip(offsets, encoder_cards)]
+        self.register_buffer("vocab_rows", torch.tensor(vocab_rows, dtype=torch.long).reshape(len(offsets), width),
+                             persistent=False)
 
         # Reals: a Linear(1, e) per variable, stacked into rows: static reals, the 2 target-scale
         # features, target, known reals, unknown reals. The decoder reuses the known rows.
@@ -164,11 +176,14 @@ class TemporalFusionTransformer(nn.Module):
         causal = torch.ones(max_prediction_length, max_prediction_length, dtype=torch.bool).tril()
         self.register_buffer("causal_mask", causal, persistent=False)
 
-    def _embed_categoricals(self, codes: Tensor, variables: slice) -> Tensor:
-        """Codes (..., n) -> (..., n, e). Out-of-range codes fall back to the unknown bucket 0."""
+    def _embed_categoricals(self, codes: Tensor, variables: slice) -> tuple[Tensor, Tensor]:
+        """Codes (..., n) -> the valid codes (..., n) and their embeddings (..., n, e).
+
+        Out-of-range codes fall back to the unknown bucket 0.
+        """
         cards = self.cat_cardinalities[variables]
         codes = torch.where((codes >= 0) & (codes < cards), codes, 0)
-        return self.cat_embedding(codes + self.cat_offsets[variables])
+        return codes, self.cat_embedding(codes + self.cat_offsets[variables])
 
     def _linear_skip(self, target: Tensor, encoder_mask: Tensor) -> Tensor:
         """(B, H): last observed normalised target + a linear map of the recent ones relative to it."""
@@ -230,10 +245,18 @@ class TemporalFusionTransformer(nn.Module):
             self._embed_reals(encoder_covariates, self.covariate_rows),
         ]
         decoder_x = [self._embed_reals(decoder_real, self.known_real_rows)]
+        encoder_codes = decoder_codes = vocab = None
         if self.cat_embedding is not None:
-            static_x.insert(0, self._embed_categoricals(static_cat, self.static_cat_vars))
-            encoder_x.insert(0, self._embed_categoricals(encoder_cat, self.encoder_cat_vars))
-            decoder_x.insert(0, self._embed_categoricals(decoder_cat, self.known_cat_vars))
+            static_x.insert(0, self._embed_categoricals(static_cat, self.static_cat_vars)[1])
+            encoder_codes, embedded = self._embed_categoricals(encoder_cat, self.encoder_cat_vars)
+            encoder_x.insert(0, embedded)
+            decoder_codes, embedded = self._embed_categoricals(decoder_cat, self.known_cat_vars)
+            decoder_x.insert(0, embedded)
+        if self.vocab_tables:  # (n_encoder_cat, width, e); the decoder's known ones come first
+            vocab = self.cat_embedding(self.vocab_rows)
+            decoder_codes = decoder_codes if self.num_known_categoricals else None
+        else:
+            encoder_codes = decoder_codes = None
 
         # Static covariate encoders.
         static_embedding, static_weights = self.static_vsn(torch.cat(static_x, dim=-2))
@@ -241,9 +264,12 @@ class TemporalFusionTransformer(nn.Module):
         context_enrichment = self.context_enrichment(static_embedding).unsqueeze(1)
 
         # Temporal variable selection, conditioned on the static context.
-        encoder_embedding, encoder_weights = self.encoder_vsn(torch.cat(encoder_x, dim=-2), context_selection)
+        encoder_embedding, encoder_weights = self.encoder_vsn(
+            torch.cat(encoder_x, dim=-2), context_selection, encoder_codes, vocab)
         if self.decoder_vsn is not None:
-            decoder_embedding, decoder_weights = self.decoder_vsn(torch.cat(decoder_x, dim=-2), context_selection)
+            decoder_embedding, decoder_weights = self.decoder_vsn(
+                torch.cat(decoder_x, dim=-2), context_selection, decoder_codes,
+                None if decoder_codes is None else vocab[: self.num_known_categoricals])
         else:
             batch = static_embedding.shape[0]
             decoder_embedding = self.decoder_no_input.expand(batch, -1, -1)
