@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 
 from fusioncast.models.tft import TemporalFusionTransformer
@@ -45,3 +47,42 @@ def test_linear_skip_and_encoder_normalizer_export_with_parity(tmp_path):
     assert meta["parity"]["max_rel_diff"] <= 1e-4
     assert meta["schema"]["target_normalizer"] == "encoder"
     assert metrics["calibration"]["method"] == "conformal"
+
+
+def test_lstsq_skip_is_nlinear_on_etth1(tmp_path):
+    """The closed-form skip on ETTh1 (lookback 336) is NLinear: alone it scores NLinear's published 96-step MSE."""
+    import hydra
+    import numpy as np
+
+    from fusioncast.data.windows import BatchLoader
+    from fusioncast.models.linear_skip import fit_linear_skip
+    from tests.conftest import needs_shared
+
+    needs_shared("ETTh1.csv")
+    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_univariate_h96", "data.max_encoder_length=336"])
+    dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+    dm.setup()
+    net = TemporalFusionTransformer(**dm.model_kwargs(), hidden_size=8, linear_skip=336)
+    assert fit_linear_skip(net, BatchLoader(dm.tensors("cpu"), *dm.windows("train"), 2048)) == len(dm.windows("train")[0])
+    b = dm.tensors("cpu").gather(*(torch.as_tensor(a) for a in dm.windows("test")))
+    center, scale = b.target_scale[:, :1], b.target_scale[:, 1:]
+    with torch.no_grad():
+        pred = net._linear_skip((b.encoder_real[..., 0] - center) / scale, b.encoder_mask)
+    err = (pred - (b.target - center) / scale).numpy()
+    assert np.mean(err**2) == pytest.approx(0.053, abs=0.0015) and np.mean(np.abs(err)) == pytest.approx(0.177, abs=0.002)
+
+
+def test_lstsq_skip_is_fitted_once_and_kept_fixed(tmp_path):
+    from fusioncast.evaluate import load_checkpoint
+
+    cfg = compose_config("train.yaml", tmp_path, TINY + ["model.linear_skip=24", "model.linear_skip_fit=lstsq"])
+    metrics = train(cfg)
+    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    from fusioncast.data.windows import BatchLoader
+    from fusioncast.models.linear_skip import fit_linear_skip
+
+    fitted = TemporalFusionTransformer(**dm.model_kwargs(), hidden_size=16, linear_skip=24)
+    fit_linear_skip(fitted, BatchLoader(dm.tensors("cpu"), *dm.windows("train"), 4096))
+    assert module.net.skip.weight.abs().sum() > 0
+    torch.testing.assert_close(module.net.skip.weight, fitted.skip.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(module.net.skip.bias, fitted.skip.bias, rtol=1e-4, atol=1e-5)

@@ -39,8 +39,14 @@ class TFTModule(L.LightningModule):
         scheduler: partial | None = None,
         variable_size: int | None = 8,
         linear_skip: int = 0,
+        loss_weighting: str = "series",
+        linear_skip_fit: str = "train",
     ):
         super().__init__()
+        if loss_weighting not in ("series", "raw"):
+            raise ValueError(f"loss_weighting must be series or raw, got {loss_weighting!r}")
+        if linear_skip_fit not in ("train", "lstsq"):
+            raise ValueError(f"linear_skip_fit must be train or lstsq, got {linear_skip_fit!r}")
         self.save_hyperparameters(logger=False)
         self.net = TemporalFusionTransformer(
             **data_kwargs, quantiles=list(quantiles), hidden_size=hidden_size,
@@ -53,9 +59,27 @@ class TFTModule(L.LightningModule):
     def forward(self, *inputs: Tensor, return_interpretation: bool = False):
         return self.net(*inputs, return_interpretation=return_interpretation)
 
+    def on_fit_start(self) -> None:
+        # linear_skip_fit=lstsq: the skip is solved in closed form once (not when resuming) and kept fixed
+        dm = self.trainer.datamodule
+        if self.net.skip is not None and self.hparams.linear_skip_fit == "lstsq" and dm is not None:
+            self.net.skip.requires_grad_(False)
+            if self.trainer.ckpt_path is None:
+                from fusioncast.data.windows import BatchLoader
+                from fusioncast.models.linear_skip import fit_linear_skip
+
+                # every window on every rank (not the rank's shard), so that all ranks solve the same fit
+                loader = BatchLoader(dm.tensors(self.device), *dm.windows("train"), batch_size=4096)
+                fit_linear_skip(self.net, loader)
+
     def _step(self, batch: Batch, stage: str) -> Tensor:
         pred = self(*batch.inputs())
-        loss = quantile_loss(pred, batch.target, batch.target_mask, self.quantiles, batch.target_scale[:, 1])
+        scale = batch.target_scale[:, 1]
+        if self.hparams.loss_weighting == "raw":
+            # errors in target units (over one constant per batch): big series count more, as in a MAE
+            # over all series; "series" divides by each series' scale, so that every series counts alike
+            scale = scale.mean().expand_as(scale)
+        loss = quantile_loss(pred, batch.target, batch.target_mask, self.quantiles, scale)
         # logged on epoch only: Lightning accumulates on device, so there is no host sync per step
         n = batch.series.shape[0]
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=stage != "train")
