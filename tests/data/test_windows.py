@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fusioncast.data.datamodule import TimeSeriesDataModule
+from fusioncast.data.windows import BatchLoader
 from fusioncast.models.tft import TemporalFusionTransformer
 
 SYNTH = dict(
@@ -142,3 +143,34 @@ def test_short_encoders_are_padded_and_masked():
     assert not b.encoder_mask[0, :18].any()  # 18 steps before the series' start: padding
     assert torch.equal(b.encoder_mask[0, 18:], torch.as_tensor(dm.enc.observed[s, :6]))
     assert torch.equal(b.encoder_real[0, 18:], torch.as_tensor(dm.enc.real[s, :6]))
+
+
+class _Windows:
+    """Stands in for SeriesTensors: a "batch" is just the (series, start) index pairs."""
+
+    device = torch.device("cpu")
+
+    def gather(self, series, starts):
+        return torch.stack([series, starts], -1)
+
+
+@pytest.mark.parametrize("n", [40, 43])
+def test_ddp_shards_together_make_the_single_process_batches(n):
+    series, starts = np.arange(n) % 5, np.arange(n)
+    single = BatchLoader(_Windows(), series, starts, batch_size=8, shuffle=True, seed=3)
+    ranks = [BatchLoader(_Windows(), series, starts, batch_size=4, shuffle=True, seed=3, rank=r, world_size=2)
+             for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])  # DDP ranks step in lockstep
+    for i, (whole, *parts) in enumerate(zip(single, *ranks)):
+        if len(whole) == 8:  # full batches: the ranks' halves are exactly the single process's batch
+            assert sorted(torch.cat(parts)[:, 1].tolist()) == sorted(whole[:, 1].tolist())
+
+
+@pytest.mark.parametrize("n", [40, 43])
+def test_evaluation_shards_cover_every_window_once(n):
+    series, starts = np.zeros(n, np.int64), np.arange(n)
+    ranks = [BatchLoader(_Windows(), series, starts, batch_size=8, shuffle=False, rank=r, world_size=3)
+             for r in range(3)]
+    seen = [int(s) for loader in ranks for b in loader for s in b[:, 1]]
+    assert sorted(seen) == list(range(n))
+    assert [sum(len(b) for b in loader) for loader in ranks] == [len(range(r, n, 3)) for r in range(3)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -12,6 +14,8 @@ from fusioncast.data.preprocess import Encoded, Preprocessor
 from fusioncast.data.schema import Schema, SchemaError
 from fusioncast.data.sources import load_named
 from fusioncast.data.windows import BatchLoader, SeriesTensors, window_index
+
+log = logging.getLogger(__name__)
 
 
 class TimeSeriesDataModule(L.LightningDataModule):
@@ -70,8 +74,33 @@ class TimeSeriesDataModule(L.LightningDataModule):
 
     # ---- preparation (numpy, once) -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.enc is not None:
+        if self.enc is None:
+            self._prepare()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self._share_preprocessing(self.trainer.strategy.broadcast)
+
+    def _share_preprocessing(self, broadcast) -> None:
+        """Adopt global rank 0's fitted preprocessing on every rank (called under DDP, once per fit).
+
+        Each rank fits its own copy before the processes meet (the model's shapes need it), and a
+        deterministic fit on the same table gives the same result; but a rank that read a different
+        file, or a fit that is not deterministic (pytorch-forecasting #1825), must not train with its
+        own category codes and scales. So rank 0's win, and a rank whose category counts differ
+        fails loudly, since its model was built for other shapes.
+        """
+        mine = self.pp.to_dict()
+        ours = broadcast(mine, src=0)
+        if ours == mine:
             return
+        shared = Preprocessor.from_dict(ours)
+        counts = lambda pp: {k: v for k, v in pp.model_kwargs().items() if k.endswith("cardinalities")}  # noqa: E731
+        if counts(shared) != counts(self.pp):
+            raise SchemaError("this rank's data has other categories than rank 0's: every rank must read the same table")
+        log.warning("rank %d: preprocessing differed from rank 0's; using rank 0's", self.trainer.global_rank)
+        self.pp, self.enc, self._tensors = shared, None, None
+        self._prepare()
+
+    def _prepare(self) -> None:
         h = self.hparams
         frame, freq = prepare_frame(load_named(h.name, h.path, h.synthetic), self.schema)
         frame = truncate(frame, self.schema, freq, h.get("test_end"))
@@ -124,7 +153,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
                                           encoder_center=s.target_normalizer == "encoder")
         return self._tensors
 
-    def loader(self, split: str, device=None, shuffle: bool | None = None) -> BatchLoader:
+    def loader(self, split: str, device=None, shuffle: bool | None = None, shard: bool = False) -> BatchLoader:
+        """Batches of a split's windows; `shard`: only this DDP rank's share (the trainer's loaders)."""
         h = self.hparams
         train = split == "train"
         series, starts = self.windows(split, 1 if train else h.eval_stride)
@@ -133,19 +163,19 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 f"the {split} split has no windows of {self.schema.max_encoder_length} + "
                 f"{self.schema.max_prediction_length} steps; move val_start/test_start or shorten the windows"
             )
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if shard and self.trainer else (0, 1)
         return BatchLoader(self.tensors(device), series, starts, h.batch_size if train else h.eval_batch_size,
                            shuffle=train if shuffle is None else shuffle, drop_last=False, seed=h.seed,
                            rank=rank, world_size=world)
 
     def train_dataloader(self) -> BatchLoader:
-        return self.loader("train")
+        return self.loader("train", shard=True)
 
     def val_dataloader(self) -> BatchLoader:
-        return self.loader("val")
+        return self.loader("val", shard=True)
 
     def test_dataloader(self) -> BatchLoader:
-        return self.loader("test")
+        return self.loader("test", shard=True)
 
     # ---- checkpoint state: the fitted preprocessing travels with the model ------------------------
     def state_dict(self) -> dict:

@@ -118,7 +118,13 @@ class SeriesTensors:
 
 
 class BatchLoader:
-    """Iterates batches of one split's windows, shuffled per epoch, sharded across DDP ranks."""
+    """Iterates batches of one split's windows, shuffled per epoch, sharded across DDP ranks.
+
+    Every rank draws the same permutation and takes every world_size-th window from its rank on, so
+    the ranks' batches i together are the single-process batch i of batch_size * world_size.
+    Shuffled (training) shards are cut to equal length, as DDP steps in lockstep; unshuffled
+    (evaluation) shards keep every window, so metrics cover the whole split.
+    """
 
     def __init__(self, tensors: SeriesTensors, series: np.ndarray, starts: np.ndarray, batch_size: int,
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -130,7 +136,8 @@ class BatchLoader:
         self.epoch = 0
 
     def _per_rank(self) -> int:
-        return len(self.series) // self.world_size if self.world_size > 1 else len(self.series)
+        n, world = len(self.series), self.world_size
+        return n // world if self.shuffle else len(range(self.rank, n, world))
 
     def __len__(self) -> int:
         n = self._per_rank()
@@ -146,7 +153,7 @@ class BatchLoader:
             order = torch.arange(n, device=self.tensors.device)
         self.epoch += 1
         if self.world_size > 1:
-            order = order[: self._per_rank() * self.world_size][self.rank :: self.world_size]
+            order = order[: n - n % self.world_size if self.shuffle else n][self.rank :: self.world_size]
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.tensors.gather(self.series[idx], self.starts[idx])

@@ -188,7 +188,8 @@ class VariableSelectionNetwork(nn.Module):
         if k:
             table = self.var_grns(vocab, slice(0, k))  # (k, C, e): every category of each variable
             rows = codes.reshape(-1, k).T + torch.arange(k, device=codes.device).unsqueeze(1) * vocab.shape[1]
-            transformed = torch.cat([table.reshape(-1, e)[rows], transformed])  # (V, N, e)
+            # an embedding lookup rather than indexing: its CPU backward is deterministic
+            transformed = torch.cat([F.embedding(rows, table.reshape(-1, e)), transformed])  # (V, N, e)
         weighted = transformed * flat_weights.T.unsqueeze(-1)
         if self.project is None:
             mixed = weighted.sum(0)

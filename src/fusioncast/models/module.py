@@ -25,7 +25,14 @@ def quantile_loss(pred: Tensor, target: Tensor, mask: Tensor, quantiles: Tensor,
 
 
 class TFTModule(L.LightningModule):
-    """Trains a TemporalFusionTransformer; `data_kwargs` comes from the fitted preprocessing."""
+    """Trains a TemporalFusionTransformer; `data_kwargs` comes from the fitted preprocessing.
+
+    ``compile`` runs the network through torch.compile for training (``compile_mode``, e.g.
+    "reduce-overhead" for CUDA graphs or "max-autotune"); it compiles in place, so checkpoints and
+    export see a plain module. ``lr_batch_scaling`` ("sqrt" or "linear") scales the optimiser's lr
+    by the global batch (batch size x devices x accumulation) over ``reference_batch_size``, the
+    batch the lr was tuned for: large GPU batches keep training at a matched step size.
+    """
 
     def __init__(
         self,
@@ -38,11 +45,17 @@ class TFTModule(L.LightningModule):
         optimizer: partial | None = None,
         scheduler: partial | None = None,
         variable_size: int | None = 8,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        lr_batch_scaling: str | None = None,
+        reference_batch_size: int = 128,
         linear_skip: int = 0,
         loss_weighting: str = "series",
         linear_skip_fit: str = "train",
     ):
         super().__init__()
+        if lr_batch_scaling not in (None, "sqrt", "linear"):
+            raise ValueError(f"lr_batch_scaling must be null, sqrt or linear, got {lr_batch_scaling!r}")
         if loss_weighting not in ("series", "raw"):
             raise ValueError(f"loss_weighting must be series or raw, got {loss_weighting!r}")
         if linear_skip_fit not in ("train", "lstsq"):
@@ -98,12 +111,27 @@ class TFTModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def configure_model(self) -> None:
+        if self.hparams.compile and getattr(self.net, "_compiled_call_impl", None) is None:
+            self.net.compile(mode=self.hparams.compile_mode)
+
+    def lr_factor(self) -> float:
+        """The large-batch rule's factor on the configured lr (1 without a rule or a datamodule)."""
+        rule, trainer = self.hparams.lr_batch_scaling, self._trainer
+        batch = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("batch_size") if trainer else None
+        if rule is None or batch is None:
+            return 1.0
+        ratio = batch * trainer.world_size * trainer.accumulate_grad_batches / self.hparams.reference_batch_size
+        return ratio**0.5 if rule == "sqrt" else ratio
+
     def on_train_epoch_end(self) -> None:
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
 
     def configure_optimizers(self):
         make = self.hparams.optimizer or partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4)
         opt = make(params=self.parameters())
+        for group in opt.param_groups:
+            group["lr"] *= self.lr_factor()
         if self.hparams.scheduler is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=opt),
