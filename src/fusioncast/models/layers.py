@@ -183,7 +183,8 @@ class VariableSelectionNetwork(nn.Module):
         lead, (num_vars, e) = x.shape[:-2], x.shape[-2:]
         flat_weights = weights.reshape(-1, num_vars)  # (N, V)
         k = 0 if codes is None else codes.shape[-1]
-        per_var = x[..., k:, :].reshape(-1, num_vars - k, e).transpose(0, 1).contiguous()  # (V - k, N, e)
+        # explicit N: with every variable categorical, (N, 0, e) has no elements to infer -1 from
+        per_var = x[..., k:, :].reshape(flat_weights.shape[0], num_vars - k, e).transpose(0, 1).contiguous()  # (V-k, N, e)
         transformed = self.var_grns(per_var, slice(k, None))
         if k:
             table = self.var_grns(vocab, slice(0, k))  # (k, C, e): every category of each variable
