@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
+from starlette.requests import ClientDisconnect
 
 from fusioncast.data.inference import empty_inputs
 from fusioncast.serve.api import ErrorResponse, ForecastRequest, ForecastResponse
@@ -138,6 +139,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                 parsed = parser.parse(await _read_body(request, config.max_body_bytes))
             except RequestError:
                 raise
+            except ClientDisconnect:  # nobody is left to answer
+                return Response(status_code=400)
             except Exception as e:  # input no rule foresaw: still the client's request, never a 500
                 log.exception("unreadable request")
                 raise RequestError(f"could not read the request ({type(e).__name__}: {e})") from e
