@@ -189,13 +189,16 @@ class VariableSelectionNetwork(nn.Module):
         if k:
             table = self.var_grns(vocab, slice(0, k))  # (k, C, e): every category of each variable
             rows = codes.reshape(-1, k).T + torch.arange(k, device=codes.device).unsqueeze(1) * vocab.shape[1]
-            # an embedding lookup rather than indexing: its CPU backward is deterministic
-            transformed = torch.cat([F.embedding(rows, table.reshape(-1, e)), transformed])  # (V, N, e)
-        weighted = transformed * flat_weights.T.unsqueeze(-1)
+            # index_select: its CPU backward is deterministic (indexing's is not) and 3x cheaper than embedding's
+            picked = table.reshape(-1, e).index_select(0, rows.reshape(-1)).reshape(k, -1, e)
+            transformed = torch.cat([picked, transformed])  # (V, N, e)
+        # weights first in the product: the result comes out token-major (N, V, e), contiguous, as the
+        # projection's (N, V e) x (V e, d) matmul wants it (no separate transpose copy)
+        weighted = flat_weights.unsqueeze(-1) * transformed.transpose(0, 1)
         if self.project is None:
-            mixed = weighted.sum(0)
+            mixed = weighted.sum(1)
         else:
-            mixed = torch.einsum("vne,ved->nd", weighted, self.project.weight) + flat_weights @ self.project.bias
+            mixed = weighted.flatten(1) @ self.project.weight.flatten(0, 1) + flat_weights @ self.project.bias
         return mixed.reshape(*lead, -1), weights
 
 
