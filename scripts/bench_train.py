@@ -30,6 +30,7 @@ is applied to both sides, since they share the trainer config).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import re
@@ -110,9 +111,17 @@ def compose(setup: Setup, device: str, overrides: list[str], tmp: Path):
 
 # ---- measurement ---------------------------------------------------------------------------------
 class RSSPeak:
-    """Peak resident memory above the start, sampled every 5 ms (CPU runs have no allocator stats)."""
+    """Peak resident memory above the start, sampled every 5 ms (CPU runs have no allocator stats).
+
+    Memory freed earlier (the other model's, the FLOP count's) goes back to the OS first (glibc's
+    malloc_trim), or the run would reuse it unseen.
+    """
 
     def __enter__(self):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
         self.base = self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
