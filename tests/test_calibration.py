@@ -85,6 +85,8 @@ def test_calibration_none_is_a_no_op_in_evaluation(cfg_train):
     assert none == plain and "calibration" not in none
     conformal = evaluate_model(module, dm, calibration={"method": "conformal", "per_horizon": True})
     assert conformal["uncalibrated"]["test"] == plain["test"]
-    # the median is not moved (but for the few windows where a barely trained model's quantiles cross)
-    assert conformal["test"]["mae"] == pytest.approx(plain["test"]["mae"], rel=1e-2)
-    assert np.asarray(conformal["calibration"]["offsets"]).shape == (dm.schema.max_prediction_length, 3)
+    # the median gets no offset; its MAE may still move where a barely trained model's quantiles cross
+    # and are re-sorted, so the exact property is checked on the offsets, not on the MAE
+    offsets = np.asarray(conformal["calibration"]["offsets"])
+    assert offsets.shape == (dm.schema.max_prediction_length, 3)
+    assert (offsets[:, 1] == 0).all() and (offsets[:, [0, 2]] != 0).any()
