@@ -88,6 +88,8 @@ def pf_frame(dm):
     if not s.group_ids:
         frame["_series"] = "0"
     frame["time_idx"] = frame.groupby(groups, sort=False).cumcount()
+    reals = [s.target, *s.static_reals, *s.time_varying_known_reals, *s.time_varying_unknown_reals]
+    frame[reals] = frame[reals].astype(np.float64)  # an integer target would be taken for class labels
     return frame, groups
 
 
