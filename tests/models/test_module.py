@@ -81,3 +81,24 @@ def test_cuda_training_step_never_waits_for_the_host(tmp_path):
         trainer.fit(m, datamodule=dm)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_bf16_training_clips_gradients_with_the_fused_optimizer(tmp_path):
+    """trainer=gpu's pair (bf16-mixed, clipping) with the config's fused AdamW: Lightning alone refuses it."""
+    cfg = compose_config("train.yaml", tmp_path, TINY)
+    assert cfg.model.optimizer.fused and cfg.trainer.gradient_clip_val > 0
+    dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+    dm.setup("fit")
+    m = hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+    clipped = []
+
+    class Norm(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # after clip and step
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            clipped.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.1, max_steps=2,
+                        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Norm()])
+    trainer.fit(m, datamodule=dm)
+    assert len(clipped) == 2 and all(n <= 0.1 + 1e-4 for n in clipped)

@@ -6,6 +6,7 @@ from functools import partial
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
 from fusioncast.data.windows import Batch
@@ -110,6 +111,15 @@ class TFTModule(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Without a loss scaler (fp32, bf16-mixed) clip as usual, also with a fused optimizer: Lightning's
+        # mixed-precision plugin refuses that pair for fear of a scaler that bf16 does not have.
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and getattr(plugin, "scaler", None) is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_model(self) -> None:
         if self.hparams.compile and getattr(self.net, "_compiled_call_impl", None) is None:
