@@ -233,10 +233,19 @@ def published(kind: str, horizon: int | None, covariates: bool) -> str:
     return "LSTM ≈ 0.08, HTM ≈ 0.08"
 
 
+def budget(quick: bool, overrides: list[str]) -> str:
+    """How a row was trained: the experiment's own budget, or what the overrides cut it to."""
+    if quick:
+        return "quick"
+    cut = [o.split("=", 1)[1] + " " + o.split("=", 1)[0].split(".")[-1].replace("limit_train_batches", "batches/epoch")
+           .replace("max_epochs", "epochs") for o in overrides if o.startswith(("trainer.max_epochs", "trainer.limit_train"))]
+    return "reduced: " + ", ".join(cut) if cut else "full"
+
+
 def table(rows: list[dict]) -> str:
     head = ("| protocol | metric | ours | ours P10–P90 cov. (raw → calibrated) | pytorch-forecasting TFT | "
-            "seasonal naive | published |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
+            "seasonal naive | published | training |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cov = f"{r['coverage_raw']:.3f} → {r['coverage']:.3f}"
         naive = fmt(r["kind"], r["naive"])
@@ -244,7 +253,7 @@ def table(rows: list[dict]) -> str:
             naive += f" (last value {fmt(r['kind'], r['last_value'])})"
         pf = fmt(r["kind"], r["pf"]) if r.get("pf") else r.get("pf_note", "—")
         lines.append(f"| {r['name']} | {r['metric']} | **{fmt(r['kind'], r['ours'])}** | {cov} | {pf} | {naive} | "
-                     f"{r['published']} |")
+                     f"{r['published']} | {r.get('budget', '')} |")
     return "\n".join(lines)
 
 
@@ -269,8 +278,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override every experiment's max_epochs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     ap.add_argument("--out", default=str(ROOT / "logs" / "bench_accuracy" / time.strftime("%Y-%m-%d_%H-%M-%S")))
+    ap.add_argument("--collect", nargs="+", metavar="DIR", help="print one table of earlier runs' bench_accuracy.json")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for our runs, e.g. model.hidden_size=64")
     args = ap.parse_args()
+    if args.collect:
+        rows = []
+        for d in args.collect:
+            run = json.loads((Path(d) / "bench_accuracy.json").read_text())
+            rows += [{**r, "budget": r.get("budget") or budget(run["quick"], run["overrides"])} for r in run["rows"]]
+        order = [t[0] for t in protocols(None, HORIZONS)]
+        rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+        print(table(rows))
+        return
 
     import torch
 
@@ -295,7 +314,8 @@ def main() -> None:
                           "nyc": f"{split} MAPE at t+5"}[kind],
                "ours": protocol_metrics(kind, p), "naive": protocol_metrics(kind, naive_forecasts(p, dm.seasonal_period)),
                "coverage_raw": m["uncalibrated"][split]["coverage_p10_p90"], "coverage": m[split]["coverage_p10_p90"],
-               "published": published(kind, horizon, covariates), "metrics": m}
+               "published": published(kind, horizon, covariates), "metrics": m,
+               "budget": budget(args.quick, overrides)}
         if kind == "stallion":
             row["last_value"] = protocol_metrics(kind, naive_forecasts(p, 1))
         pf_ok = not args.no_pf and (kind != "etth1" or horizon <= args.pf_max_horizon)
