@@ -211,9 +211,14 @@ def test_projection_is_a_per_variable_linear_layer_then_mixing():
     torch.testing.assert_close(mixed, want, rtol=1e-5, atol=1e-5)
 
 
-def test_categoricals_per_category_equal_per_step():
+# known inputs all categorical (calendar only): the decoder's selection group has no real variable
+CALENDAR_ONLY = {**RICH, "num_known_reals": 0, "real_center": [1.0, -2.0, 3.0], "real_scale": [2.0, 0.5, 4.0]}
+
+
+@pytest.mark.parametrize("config", [RICH, CALENDAR_ONLY], ids=["rich", "calendar-only"])
+def test_categoricals_per_category_equal_per_step(config):
     """The selection GRNs of categoricals run once per category and are gathered: same outputs."""
-    model = make_model(RICH).eval()
+    model = make_model(config).eval()
     batch = make_batch(model, 4)
     assert model.vocab_tables
     want = model(**batch, return_interpretation=True)

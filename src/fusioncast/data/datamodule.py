@@ -95,7 +95,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         shared = Preprocessor.from_dict(ours)
         counts = lambda pp: {k: v for k, v in pp.model_kwargs().items() if k.endswith("cardinalities")}  # noqa: E731
         if counts(shared) != counts(self.pp):
-            raise SchemaError("this rank's data has other categories than rank 0's: every rank must read the same table")
+            raise SchemaError("this rank's data has other categories than rank 0's: "
+                              "every rank must read the same table")
         log.warning("rank %d: preprocessing differed from rank 0's; using rank 0's", self.trainer.global_rank)
         self.pp, self.enc, self._tensors = shared, None, None
         self._prepare()

@@ -184,7 +184,8 @@ class VariableSelectionNetwork(nn.Module):
         flat_weights = weights.reshape(-1, num_vars)  # (N, V)
         k = 0 if codes is None else codes.shape[-1]
         # explicit N: with every variable categorical, (N, 0, e) has no elements to infer -1 from
-        per_var = x[..., k:, :].reshape(flat_weights.shape[0], num_vars - k, e).transpose(0, 1).contiguous()  # (V-k, N, e)
+        per_var = x[..., k:, :].reshape(flat_weights.shape[0], num_vars - k, e)
+        per_var = per_var.transpose(0, 1).contiguous()  # (V - k, N, e): variable-major
         transformed = self.var_grns(per_var, slice(k, None))
         if k:
             table = self.var_grns(vocab, slice(0, k))  # (k, C, e): every category of each variable
