@@ -81,6 +81,19 @@ def test_served_quantiles_carry_the_training_calibration(real_bundle, tmp_path):
     np.testing.assert_allclose(got, np.sort(raw + offsets * scale, axis=-1), rtol=1e-6, atol=1e-3)
 
 
+def test_served_graph_is_optimised_once_without_the_slow_fusions(real_bundle, tmp_path):
+    rb = real_bundle("stallion")
+    batch, _ = real_windows(rb.dm, 8)
+    inputs = {n: t.numpy() for n, t in zip(INPUT_NAMES, batch.inputs())}
+    first = Model(Bundle.load(rb.path), cache_dir=str(tmp_path))
+    (cached,) = tmp_path.glob("*.onnx")
+    ops = {n.op_type for n in onnx.load(str(cached)).graph.node}
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    again = Model(Bundle.load(rb.path), cache_dir=str(tmp_path))
+    assert again.loaded_from == str(cached) and first.loaded_from != str(cached)
+    np.testing.assert_array_equal(again(inputs)[0], first(inputs)[0])
+
+
 def test_export_fails_when_onnxruntime_disagrees(real_bundle, tmp_path):
     rb = real_bundle("stallion")
     proto = onnx.load(str(rb.path / "model.onnx"))

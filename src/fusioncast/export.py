@@ -30,8 +30,8 @@ from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES, OUTPUT_NAMES, variable_names
 from fusioncast.data.windows import Batch
 from fusioncast.models.tft import MIN_TARGET_SCALE, TemporalFusionTransformer
-from fusioncast.serve.bundle import (BUNDLE_FORMAT, EXAMPLE_FILE, FORMAT_VERSION, INT8_FILE, META_FILE, MODEL_FILE,
-                                     preprocessing_meta, sha256_file)
+from fusioncast.serve.bundle import (BUNDLE_FORMAT, DISABLED_OPTIMIZERS, EXAMPLE_FILE, FORMAT_VERSION, INT8_FILE,
+                                     META_FILE, MODEL_FILE, preprocessing_meta, sha256_file)
 from fusioncast.serve.requests import series_payload
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,11 @@ def relative_difference(got: np.ndarray, want: np.ndarray, target_scale: np.ndar
 
 
 def _session(path: Path) -> ort.InferenceSession:
+    """The graph optimised as the server optimises it, so that parity holds for what is served."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 
 def _run(session: ort.InferenceSession, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
