@@ -126,11 +126,16 @@ def stallion_requests(bundle_dir: Path) -> tuple[list[dict], "object"]:
 
 
 # ---- 1. model only ---------------------------------------------------------------------------------
-def median_ms(f, repeat: int) -> float:
-    for _ in range(min(20, repeat)):
+def median_ms(f, repeat: int, budget_s: float = 10.0) -> float:
+    """Median of `repeat` calls, or of those that fit in `budget_s` (at least 5): on a shared machine
+    PyTorch's 2-thread calls can take ~0.5 s each, as every OpenMP region waits for the busy core."""
+    end = time.perf_counter() + budget_s / 4
+    for _ in range(min(20, repeat)):  # warm-up
         f()
-    times = []
-    for _ in range(repeat):
+        if time.perf_counter() > end:
+            break
+    times, end = [], time.perf_counter() + budget_s
+    while len(times) < repeat and (len(times) < 5 or time.perf_counter() < end):
         t = time.perf_counter()
         f()
         times.append(time.perf_counter() - t)
