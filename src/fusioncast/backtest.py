@@ -57,8 +57,7 @@ def backtest(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: s
     if split == "test" and dm.hparams.test_start is None:
         split = "val"  # no test split (e.g. the stallion tutorial protocol): backtest validation
     series, starts, times = select_origins(dm, origins, split)
-    h = dm.hparams
-    p = predict_windows(module, BatchLoader(dm.tensors(module.device), series, starts, h.eval_batch_size))
+    p = predict_windows(module, BatchLoader(dm.tensors(module.device), series, starts, dm.eval_batch_size))
     if calibration is not None:
         p["pred"] = calibration.apply(p["pred"], p["scale"])
     quantiles = list(module.hparams.quantiles)

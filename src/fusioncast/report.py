@@ -81,7 +81,7 @@ def interpretation(module: TFTModule, dm: TimeSeriesDataModule, split: str = "va
     if len(series) > max_windows:
         keep = np.linspace(0, len(series) - 1, max_windows).round().astype(int)
         series, starts = series[keep], starts[keep]
-    f = forward_windows(module, dm, series, starts, dm.hparams.eval_batch_size)
+    f = forward_windows(module, dm, series, starts, dm.eval_batch_size)
     m = f["encoder_mask"][..., None].astype(np.float64)
     names = variable_names(dm)
     return {

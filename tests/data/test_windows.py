@@ -145,6 +145,20 @@ def test_short_encoders_are_padded_and_masked():
     assert torch.equal(b.encoder_real[0, 18:], torch.as_tensor(dm.enc.real[s, :6]))
 
 
+def test_long_windows_evaluate_in_smaller_batches():
+    """Evaluation batches shrink where attention would not fit in memory, and still cover every window."""
+    from fusioncast.data.datamodule import MAX_EVAL_ATTENTION_CELLS
+
+    assert TimeSeriesDataModule(**SYNTH).eval_batch_size == 1024  # 12 x 36 cells a window: the config's
+    long = TimeSeriesDataModule(**{**SYNTH, "synthetic": {"n_zones": 2, "days": 120}, "max_encoder_length": 336,
+                                   "max_prediction_length": 480, "eval_batch_size": 1024})
+    assert long.eval_batch_size == MAX_EVAL_ATTENTION_CELLS // (480 * 816) < 1024
+    long.setup()
+    batches = list(long.loader("val"))
+    assert max(len(b.series) for b in batches) == long.eval_batch_size
+    assert sum(len(b.series) for b in batches) == len(long.windows("val")[0])
+
+
 class _Windows:
     """Stands in for SeriesTensors: a "batch" is just the (series, start) index pairs."""
 

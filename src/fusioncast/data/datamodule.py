@@ -6,7 +6,6 @@ import logging
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 
 from fusioncast.data.frame import prepare_frame, seasonal_period, split_points, truncate
@@ -16,6 +15,9 @@ from fusioncast.data.sources import load_named
 from fusioncast.data.windows import BatchLoader, SeriesTensors, window_index
 
 log = logging.getLogger(__name__)
+# Evaluation batches hold at most this many (batch x horizon x window) attention cells, about 1 GiB of
+# fp32 scores at 4 heads: see TimeSeriesDataModule.eval_batch_size.
+MAX_EVAL_ATTENTION_CELLS = 1 << 26
 
 
 class TimeSeriesDataModule(L.LightningDataModule):
@@ -154,6 +156,18 @@ class TimeSeriesDataModule(L.LightningDataModule):
                                           encoder_center=s.target_normalizer == "encoder")
         return self._tensors
 
+    @property
+    def eval_batch_size(self) -> int:
+        """`eval_batch_size`, capped so that one batch's attention scores stay near 1 GiB.
+
+        Attention holds (batch, heads, H, L + H) floats, which grows with the square of the window:
+        at ETTh1's 336 + 720 steps, 1,024 windows need ~12 GiB per copy of the scores, more than a
+        24 GiB machine has for the forward pass. Results do not depend on the batch size.
+        """
+        s = self.schema
+        cells = s.max_prediction_length * (s.max_encoder_length + s.max_prediction_length)
+        return max(1, min(int(self.hparams.eval_batch_size), MAX_EVAL_ATTENTION_CELLS // cells))
+
     def loader(self, split: str, device=None, shuffle: bool | None = None, shard: bool = False) -> BatchLoader:
         """Batches of a split's windows; `shard`: only this DDP rank's share (the trainer's loaders)."""
         h = self.hparams
@@ -165,7 +179,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 f"{self.schema.max_prediction_length} steps; move val_start/test_start or shorten the windows"
             )
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if shard and self.trainer else (0, 1)
-        return BatchLoader(self.tensors(device), series, starts, h.batch_size if train else h.eval_batch_size,
+        return BatchLoader(self.tensors(device), series, starts, h.batch_size if train else self.eval_batch_size,
                            shuffle=train if shuffle is None else shuffle, drop_last=False, seed=h.seed,
                            rank=rank, world_size=world)
 
