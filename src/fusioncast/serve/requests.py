@@ -32,6 +32,7 @@ import pandas as pd
 from fusioncast.data.inference import assemble_window, stack_windows
 from fusioncast.data.preprocess import UNKNOWN, Preprocessor, series_key
 from fusioncast.data.schema import Schema
+from fusioncast.serve import columns
 from fusioncast.serve.calendar import calendar_values
 
 SERIES_FIELDS = frozenset(("id", "static", "history", "future"))
@@ -78,10 +79,12 @@ class RequestParser:
         self.history_cols = frozenset([s.time_col, s.target, *self.known_cats, *s.time_varying_known_reals,
                                        *self.unknown_cats, *s.time_varying_unknown_reals])
         self.future_cols = frozenset([*self.known_cats, *s.time_varying_known_reals])
+        self.timed_future_cols = self.future_cols | {s.time_col}
         self.static_cols = frozenset(s.static_categoricals + s.static_reals)
         self.vocab = {c: {v: i + 1 for i, v in enumerate(vs)} for c, vs in pp.vocab.items()}
         self.int_vocab = {c: {int(v): code for v, code in m.items() if v.lstrip("-").isdigit() and str(int(v)) == v}
                           for c, m in self.vocab.items()}
+        self.chars, self.int_chars = columns.char_tables(self.vocab), columns.char_tables(self.int_vocab)
         self.offset = pd.tseries.frequencies.to_offset(pp.freq)
         try:  # fixed steps (h, 30min): arithmetic; calendar steps (MS, W, B): pandas, cached per start
             self.step = pd.Timedelta(self.offset).value
@@ -129,14 +132,21 @@ class RequestParser:
         interpretation = obj.get("interpretation", False)
         if type(interpretation) is not bool:
             raise RequestError("'interpretation' must be true or false", field="interpretation")
+        encoded = columns.encode(self, series)  # every column over all series at once: the common case
+        if encoded is None:  # a check over a column failed: series by series, the first mistake is named
+            encoded = self.each(range(len(series)), series)
+        return ParsedRequest(*encoded, interpretation)
+
+    def each(self, indices, series: list) -> tuple[list, dict[str, np.ndarray], list, list]:
+        """(ids, model inputs, forecast times, warnings) of the series at `indices`, one by one."""
         ids, windows, times, warns = [], [], [], []
-        for i, s in enumerate(series):
-            sid, window, t, w = self.series(i, s)
+        for i in indices:
+            sid, window, t, w = self.series(i, series[i])
             ids.append(sid)
             windows.append(window)
             times.append(t)
             warns.append(w)
-        return ParsedRequest(ids, stack_windows(self.pp, windows), times, warns, interpretation)
+        return ids, stack_windows(self.pp, windows), times, warns
 
     # ---- one series -------------------------------------------------------------------------------
     def series(self, i: int, s) -> tuple:
@@ -211,8 +221,7 @@ class RequestParser:
             raise RequestError(f"series {name!r}: history.{sc.target} has no observed (non-null) value in its last "
                                f"{self.L} steps", series=name, field=f"history.{sc.target}")
         if key not in self.pp.target_scales:
-            warns.append(f"series {name!r} was not seen in training" + (
-                "" if getattr(sc, "target_normalizer", "series") == "global" else ": scaled by its own history"))
+            warns.append(self.unseen_warning(name))
         unknown = [self._codes(c, history[c][first:], name, f"history.{c}", warns, first) for c in self.unknown_cats]
         covariates = self._reals([(f"history.{c}", history[c][first:]) for c in self.pp.time_varying_reals[1:]], n,
                                  name, first)
@@ -248,6 +257,10 @@ class RequestParser:
         window = assemble_window(self.pp, key, static_cat, static_real, enc_cat, enc_real, observed, dec_cat,
                                  dec_real)
         return sid, window, out_times, warns
+
+    def unseen_warning(self, name) -> str:
+        return f"series {name!r} was not seen in training" + (
+            "" if getattr(self.schema, "target_normalizer", "series") == "global" else ": scaled by its own history")
 
     # ---- fields -----------------------------------------------------------------------------------
     def _key(self, i: int, sid) -> tuple[str, dict[str, str]]:
