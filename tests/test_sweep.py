@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from fusioncast.sweep import best_experiment
 from tests.conftest import CONFIG_DIR, compose_config, needs_shared
-from tests.test_wandb import _by_type, read_records
+from tests.test_wandb import _by_type, read_finished_run
 
 # tiny budgets; the search space narrowed on the command line as a user would
 TINY_SWEEP = [
@@ -58,7 +58,7 @@ def test_optuna_sweep_records_trials_best_config_and_resumes(tmp_path):
     # the trials share one W&B group: the study
     for trial in "012":
         run_file = next((first / trial / "wandb").glob("offline-run-*/run-*.wandb"))
-        assert _by_type(read_records(run_file), "run")[0].run_group == "pytest"
+        assert _by_type(read_finished_run(run_file), "run")[0].run_group == "pytest"
 
     # best_experiment.yaml is an experiment config that re-creates the best trial's run
     configs = tmp_path / "my_configs" / "experiment"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,22 @@ def read_records(path: Path) -> list:
             records.append(pb.Record.FromString(buf))
             buf = b""
     return records
+
+
+def read_finished_run(path: Path, timeout: float = 60.0) -> list:
+    """The records of an offline run file once wandb's service has written all of it.
+
+    `run.finish()` returns before the service process has necessarily flushed the file: on a loaded
+    machine the test once read it with only its first records. Wait for the exit record and a size
+    that stays put, then read it (the assertions below still check everything)."""
+    deadline, size = time.monotonic() + timeout, -1
+    while True:
+        records = read_records(path)
+        done = any(r.WhichOneof("record_type") == "exit" for r in records)
+        if (done and path.stat().st_size == size) or time.monotonic() > deadline:
+            return records
+        size = path.stat().st_size if done else -1
+        time.sleep(0.5)
 
 
 def _by_type(records: list, kind: str) -> list:
@@ -76,7 +93,7 @@ def test_offline_run_holds_config_epochs_summary_images_and_model(tmp_path, no_l
 
     runs = list((out / "wandb").glob("offline-run-*"))  # offline, with no login and no WANDB_MODE
     assert len(runs) == 1
-    records = read_records(next(runs[0].glob("run-*.wandb")))
+    records = read_finished_run(next(runs[0].glob("run-*.wandb")))
 
     run = _by_type(records, "run")[0]
     assert run.project == "fusioncast" and list(run.tags) == ["pytest"]
