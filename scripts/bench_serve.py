@@ -22,7 +22,7 @@ per stallion series (the 36 months before 2017-06 and the 6 known future months)
 3. Throughput: rates raised step by step until two runs in a row miss p99 <= 10 ms or their rate;
    the highest sustained forecasts/s with p99 <= 10 ms, for single-series requests micro-batched by
    the server, without micro-batching (--max-batch-size 1), with 2 worker processes, and with 8
-   series per request (--series-per-request).
+   series per request (--series-per-request), by one worker and by 2.
 
 Every throughput run also reports the server's CPU time per forecast (user + system seconds of its
 processes during the run, from /proc, over the forecasts answered): unlike latencies, it changes
@@ -306,6 +306,8 @@ def main() -> None:
             (False, "1 series/request, micro-batched, 2 workers", ["--workers", "2"], single, 1,
              rates(args.single_rates)),
             (False, f"{k} series/request, micro-batched", [], multi, k, rates(args.multi_rates)),
+            (False, f"{k} series/request, micro-batched, 2 workers", ["--workers", "2"], multi, k,
+             rates(args.multi_rates)),
         ]:
             srv = Server(args.bundle, *server_args)
             try:
