@@ -104,6 +104,18 @@ def test_calendar_features_by_name(table):
         prepare_frame(table, schema(calendar=["fortnight"]))
 
 
+def test_us_holiday_flags_the_observed_federal_holidays():
+    from fusioncast.data.grid import add_calendar
+
+    t = pd.date_range("2014-07-03 20:00", "2015-07-04 03:00", freq="h")  # starts on the eve of July 4
+    df = add_calendar(pd.DataFrame({"time": t}), "time", ["us_holiday"])
+    days = sorted(set(df.loc[df["us_holiday"] == "1", "time"].dt.strftime("%m-%d %a")))
+    # 2015-07-04 is a Saturday: observed on Friday 07-03; every hour of a holiday is flagged
+    assert days == ["01-01 Thu", "01-19 Mon", "02-16 Mon", "05-25 Mon", "07-03 Fri", "07-04 Fri", "09-01 Mon",
+                    "10-13 Mon", "11-11 Tue", "11-27 Thu", "12-25 Thu"]
+    assert (df["us_holiday"] == "1").sum() == 11 * 24
+
+
 @pytest.mark.parametrize("freq,period", [("30min", 48), ("h", 24), ("15min", 96), ("D", 7), ("W", 52), ("MS", 12), ("QS", 4)])
 def test_seasonal_period_of_frequency(freq, period):
     from fusioncast.data.frame import seasonal_period

@@ -5,6 +5,8 @@ window). tests/serve/test_requests.py checks the two agree on every feature over
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 _NS_MINUTE, _NS_HOUR, _NS_DAY = 60 * 10**9, 3600 * 10**9, 86400 * 10**9
@@ -40,6 +42,22 @@ def _iso_week(ns: np.ndarray) -> np.ndarray:
     return (t - t.astype("datetime64[Y]")).astype(np.int64) // 7 + 1
 
 
+@lru_cache(maxsize=1)
+def _us_holiday_days() -> np.ndarray:
+    """Sorted day numbers (days since 1970) of the US federal holidays from 1900 to 2199, from pandas'
+    calendar once (data.grid.us_holiday asks pandas per table; this is a lookup per request)."""
+    from pandas.tseries.holiday import USFederalHolidayCalendar
+
+    days = USFederalHolidayCalendar().holidays("1900-01-01", "2199-12-31")
+    return np.asarray(days.as_unit("ns").asi8 // _NS_DAY, np.int64)
+
+
+def _us_holiday(ns: np.ndarray) -> np.ndarray:
+    table, days = _us_holiday_days(), _days(ns)
+    i = np.searchsorted(table, days).clip(max=len(table) - 1)
+    return (table[i] == days).astype(np.int64)
+
+
 CALENDAR_NUMPY = {
     "minute": lambda ns: ns // _NS_MINUTE % 60,
     "hour": lambda ns: ns // _NS_HOUR % 24,
@@ -50,6 +68,7 @@ CALENDAR_NUMPY = {
     "week_of_year": _iso_week,
     "month": _month,
     "quarter": lambda ns: (_month(ns) - 1) // 3 + 1,
+    "us_holiday": _us_holiday,
 }
 
 
