@@ -91,6 +91,8 @@ class RequestParser:
         except (TypeError, ValueError):
             self.step = None
         self._grid = lru_cache(maxsize=4096)(self._make_grid)
+        for name in s.calendar:  # build any lazy table (us_holiday's) now, not in the first request
+            calendar_values(name, np.zeros(1, np.int64))
 
     # ---- the time grid of a window ----------------------------------------------------------------
     def _make_grid(self, t0: int, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
