@@ -11,6 +11,18 @@ import pandas as pd
 
 from fusioncast.data.schema import Schema, SchemaError
 
+
+def us_holiday(t: pd.DatetimeIndex) -> np.ndarray:
+    """1 on US federal holidays (as observed: a Saturday's on the Friday before), else 0: the days
+    when demand for taxis, power or retail departs from its weekly pattern."""
+    from pandas.tseries.holiday import USFederalHolidayCalendar
+
+    if len(t) == 0:
+        return np.zeros(0, int)
+    days = t.normalize()
+    return days.isin(USFederalHolidayCalendar().holidays(days.min(), days.max())).astype(int)
+
+
 # name -> function of a DatetimeIndex giving small non-negative integers (used as known categoricals)
 CALENDAR_FEATURES = {
     "minute": lambda t: t.minute,
@@ -22,19 +34,8 @@ CALENDAR_FEATURES = {
     "week_of_year": lambda t: t.isocalendar().week.to_numpy().astype(int),
     "month": lambda t: t.month,
     "quarter": lambda t: t.quarter,
-    "us_holiday": lambda t: us_holiday(t),
+    "us_holiday": us_holiday,
 }
-
-
-def us_holiday(t: pd.DatetimeIndex) -> np.ndarray:
-    """1 on US federal holidays (as observed: a Saturday's on the Friday before), else 0: the days
-    when demand for taxis, power or retail departs from its weekly pattern."""
-    from pandas.tseries.holiday import USFederalHolidayCalendar
-
-    if len(t) == 0:
-        return np.zeros(0, int)
-    days = t.normalize()
-    return days.isin(USFederalHolidayCalendar().holidays(days.min(), days.max())).astype(int)
 
 
 def add_calendar(df: pd.DataFrame, time_col: str, names: list[str]) -> pd.DataFrame:
