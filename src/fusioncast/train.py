@@ -51,9 +51,20 @@ def train(cfg: DictConfig) -> dict:
         module = TFTModule.load_from_checkpoint(best, map_location=module.device, weights_only=False)
     metrics = {}
     if trainer.is_global_zero:
+        shrinkage = None
+        if module.hparams.get("shrink_correction") and module.net.skip is not None:
+            from fusioncast.shrinkage import choose_correction_scale, write_correction_scale
+
+            shrinkage = choose_correction_scale(module, dm)
+            log.info("TFT correction of the linear skip scaled by %s (validation loss %.5g; %.5g at 1, %.5g at 0)",
+                     shrinkage["factors"], shrinkage["loss"], shrinkage["loss_at_1"], shrinkage["loss_at_0"])
+            if best:
+                write_correction_scale(best, list(shrinkage["factors"].values()))
         calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
         metrics = evaluate_model(module, dm, calibration=calibration)
         metrics["best_checkpoint"] = best
+        if shrinkage is not None:
+            metrics["correction_scale"] = shrinkage
         throughput = [c for c in callbacks if hasattr(c, "history") and c.history]
         if throughput:
             metrics["train_samples_per_sec"] = float(torch.tensor(throughput[0].history).median())

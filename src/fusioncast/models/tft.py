@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
@@ -170,11 +171,20 @@ class TemporalFusionTransformer(nn.Module):
         if self.skip is not None:
             nn.init.zeros_(self.skip.weight)
             nn.init.zeros_(self.skip.bias)
+        # With a skip, the TFT's input-dependent output (output.weight @ x; its bias, the quantile offsets,
+        # stays) is scaled by a factor per quantile: 1 in training, then possibly shrunk towards the skip
+        # alone on validation (fusioncast/shrinkage.py). A buffer, so checkpoints and the ONNX graph carry it.
+        self.register_buffer("correction_scale", torch.ones(len(self.quantiles)))
+        self._register_load_state_dict_pre_hook(self._default_correction_scale)
         self.register_buffer("positions", torch.arange(max_encoder_length), persistent=False)
 
         # Decoder step i sees decoder steps <= i (plus every observed encoder step).
         causal = torch.ones(max_prediction_length, max_prediction_length, dtype=torch.bool).tril()
         self.register_buffer("causal_mask", causal, persistent=False)
+
+    def _default_correction_scale(self, state_dict, prefix, *args) -> None:
+        """Checkpoints from before correction_scale existed load with the factors 1 they were trained with."""
+        state_dict.setdefault(prefix + "correction_scale", torch.ones_like(self.correction_scale))
 
     def _embed_categoricals(self, codes: Tensor, variables: slice) -> tuple[Tensor, Tensor]:
         """Codes (..., n) -> the valid codes (..., n) and their embeddings (..., n, e).
@@ -298,8 +308,10 @@ class TemporalFusionTransformer(nn.Module):
         x = self.positionwise_grn(x)
         x = self.pre_output_gate(x, temporal[:, L:])
 
-        out = self.output(x)
-        if self.skip is not None:
+        if self.skip is None:
+            out = self.output(x)
+        else:
+            out = F.linear(x, self.output.weight * self.correction_scale.unsqueeze(-1), self.output.bias)
             out = out + self._linear_skip(target, encoder_mask).unsqueeze(-1)
         quantiles = out * scale.unsqueeze(-1) + center.unsqueeze(-1)
         if not return_interpretation:
