@@ -36,8 +36,9 @@ HORIZONS = (24, 48, 96, 168, 192, 336, 720)
 QUICK_HORIZONS = (24, 96)
 
 
-def compose(experiment: str, out: Path, overrides: list[str]):
-    """The experiment's Hydra config as `fusioncast-train experiment=...` composes it, writing into `out`."""
+def compose(experiment: str | None, out: Path, overrides: list[str]):
+    """The experiment's Hydra config as `fusioncast-train experiment=...` composes it (None: no experiment),
+    writing into `out`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -46,7 +47,7 @@ def compose(experiment: str, out: Path, overrides: list[str]):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = hydra_compose("train.yaml", overrides=[f"experiment={experiment}", *overrides], return_hydra_config=True)
+        cfg = hydra_compose("train.yaml", overrides=[*([f"experiment={experiment}"] if experiment else []), *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.paths.log_dir = str(out)

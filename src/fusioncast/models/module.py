@@ -77,6 +77,8 @@ class TFTModule(L.LightningModule):
         return self.net(*inputs, return_interpretation=return_interpretation)
 
     def on_fit_start(self) -> None:
+        # training always sees the whole correction (a checkpoint may hold factors shrunk after an earlier fit)
+        self.net.correction_scale.fill_(1.0)
         # linear_skip_fit=lstsq: the skip is solved in closed form once (not when resuming) and kept fixed
         dm = self.trainer.datamodule
         if self.net.skip is not None and self.hparams.linear_skip_fit == "lstsq" and dm is not None:
