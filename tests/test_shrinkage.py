@@ -70,5 +70,5 @@ def test_training_chooses_the_factor_on_validation_and_writes_it_into_the_checkp
     assert evaluate_model(module, dm, calibration=calibration)["test"]["mae"] == pytest.approx(metrics["test"]["mae"])
 
 
-def test_without_a_skip_nothing_is_chosen(cfg_train):
-    assert "correction_scale" not in train(cfg_train)
+def test_without_a_skip_nothing_is_chosen(tmp_path):
+    assert "correction_scale" not in train(compose_config("train.yaml", tmp_path, TINY + ["model.linear_skip=0"]))
