@@ -47,7 +47,8 @@ def compose(experiment: str | None, out: Path, overrides: list[str]):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = hydra_compose("train.yaml", overrides=[*([f"experiment={experiment}"] if experiment else []), *overrides], return_hydra_config=True)
+        experiment_override = [f"experiment={experiment}"] if experiment else []
+        cfg = hydra_compose("train.yaml", overrides=[*experiment_override, *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = cfg.paths.log_dir = str(out)

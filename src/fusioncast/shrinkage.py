@@ -10,7 +10,9 @@ on a grid. The quantiles' losses are separate and forecasts are affine in a_q, s
 (a = 0 and a = 1) give every candidate. a = 1 leaves a quantile as trained; a = 0 leaves the skip
 plus a constant offset. The median can thus stay with the skip while the interval quantiles keep
 the TFT's sense of when to widen. It is shrinkage of a stacked residual model, a choice made on
-validation like early stopping: the test split never enters it. The factors are written into the
+validation like early stopping: the test split never enters it (validation metrics reported
+afterwards include the choice: one factor per quantile over all validation windows, a small
+optimism; protocols that report validation turn the step off). The factors are written into the
 best checkpoint, so evaluation, export and the torch backend of batch scoring all see them.
 """
 

@@ -33,8 +33,8 @@ class TFTModule(L.LightningModule):
     export see a plain module. ``lr_batch_scaling`` ("sqrt" or "linear") scales the optimiser's lr
     by the global batch (batch size x devices x accumulation) over ``reference_batch_size``, the
     batch the lr was tuned for: large GPU batches keep training at a matched step size.
-    ``shrink_correction`` (with a linear skip) has training scale the TFT's correction of the skip by
-    a factor chosen on validation afterwards (fusioncast/shrinkage.py).
+    ``shrink_correction`` (with a linear skip): after the fit, `fusioncast-train` scales the TFT's
+    correction of the skip by factors chosen on validation (fusioncast/shrinkage.py).
     """
 
     def __init__(
