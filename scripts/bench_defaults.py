@@ -54,10 +54,11 @@ BUDGET = ["trainer.max_epochs=8", "callbacks.early_stopping.patience=3", "model.
           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
-def run(candidate: str, data: str, seed: int, out: Path) -> dict:
+def run(candidate: str, data: str, seed: int, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """Train one candidate on one set; `extra` overrides come last (tests shorten the budget with them)."""
     from fusioncast.train import train
 
-    cfg = compose(None, out, [*SETS[data], *BUDGET, *CANDIDATES[candidate], f"seed={seed}"])
+    cfg = compose(None, out, [*SETS[data], *BUDGET, *CANDIDATES[candidate], f"seed={seed}", *extra])
     t0 = time.perf_counter()
     m = train(cfg)
     return {"candidate": candidate, "set": data, "seed": seed, "val_mae": m["val"]["mae"],
