@@ -23,20 +23,18 @@ import torch
 
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.evaluate import predict_split
-from fusioncast.models.module import TFTModule
+from fusioncast.models.module import TFTModule, quantile_loss
 
 GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
 
 
 def pinball(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, quantiles: list[float],
             scale: np.ndarray) -> np.ndarray:
-    """Each quantile's share of the training loss (models/module.py, quantile_loss; they sum to it) in
-    numpy: pred (N, H, Q), target/mask (N, H), scale (N,) -> (Q,)."""
-    q = np.asarray(quantiles, np.float64)
-    err = (target[..., None].astype(np.float64) - pred) / np.maximum(scale, 1e-6)[:, None, None]
-    loss = np.maximum(q * err, (q - 1) * err)
-    m = mask.astype(bool)
-    return loss[m].mean(0) if m.any() else np.full(len(q), np.nan)
+    """Each quantile's share of the training loss (models/module.py's quantile_loss, per quantile; the
+    shares sum to it): pred (N, H, Q), target/mask (N, H), scale (N,) -> (Q,)."""
+    p, t, m, s = (torch.from_numpy(np.asarray(a)) for a in (pred, target, mask, scale))
+    return np.array([float(quantile_loss(p[..., k : k + 1], t, m, torch.tensor([q]), s))
+                     for k, q in enumerate(quantiles)])
 
 
 @torch.no_grad()
