@@ -69,3 +69,24 @@ def test_eval_cli_writes_backtest_and_calibration(trained, tmp_path):
     assert (tmp_path / "backtest.png").exists()
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert "calibration" in written and "uncalibrated" in written
+
+
+def test_adaptive_backtest_tracks_over_every_test_window_before_each_origin(trained):
+    from fusioncast.evaluate import fit_calibration, predict_split, split_metrics
+
+    _, module, dm = trained
+    cal = fit_calibration(module, dm, {"method": "adaptive", "step": 0.05})
+    result = backtest(module, dm, origins=3, calibration=cal)
+    assert result["calibration"]["method"] == "adaptive"
+    # the same forecasts as tracking over the whole test split, read at the origins' windows
+    p = predict_split(module, dm, "test")
+    tracked = cal.track(cal.apply(p["pred"], p["scale"]), p["target"], p["mask"], p["scale"], p["series"],
+                        p["decoder_start"])
+    series, starts, _ = select_origins(dm, 3)
+    pick = [int(np.flatnonzero((p["series"] == a) & (p["decoder_start"] == b))[0]) for a, b in zip(series, starts)]
+    ours, _ = split_metrics({**{k: v[pick] for k, v in p.items()}, "pred": tracked[pick]}, dm, list(cal.quantiles))
+    assert result["overall"]["model"] == pytest.approx(ours)
+    static = backtest(module, dm, origins=3, calibration=fit_calibration(module, dm, {"method": "conformal"}))
+    # the median is not tracked (a barely trained model's crossing quantiles, re-sorted, move its MAE a little)
+    assert static["overall"]["model"]["mae"] == pytest.approx(result["overall"]["model"]["mae"], rel=0.01)
+    assert static["overall"]["model"]["qrisk_p90"] != result["overall"]["model"]["qrisk_p90"]

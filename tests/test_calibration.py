@@ -1,4 +1,5 @@
-"""Conformal calibration: lifts a miscalibrated model's coverage to nominal on held-out data; off is a no-op."""
+"""Conformal calibration: lifts a miscalibrated model's coverage to nominal on held-out data; off is a no-op;
+the adaptive method follows a shift after validation, using only actuals already observed."""
 
 from __future__ import annotations
 
@@ -77,6 +78,57 @@ def test_cross_fit_is_out_of_sample_and_unobserved_points_are_ignored():
     assert Calibration.from_dict(None) is None and Calibration.from_dict({"method": "none"}) is None
 
 
+def in_time_order(n: int, series: int = 1):
+    """(series, decoder_start) of stride-1 windows of `series` series, n windows each."""
+    return np.repeat(np.arange(series), n), np.tile(np.arange(n), series)
+
+
+@pytest.mark.parametrize("after", [0.5, 2.0])  # the forecast period is calmer, then wilder, than validation
+def test_adaptive_follows_a_shift_that_fixed_offsets_miss(after):
+    H = 4
+    fit_set = forecasts(2000, H, 1.0, 1.0, seed=6)
+    shifted = forecasts(4000, H, after, 1.0, seed=7)
+    cal = Calibration.fit(*fit_set, Q, method="adaptive", step=0.01)
+    static = cal.apply(shifted[0], shifted[3])
+    assert abs(coverage(static, shifted[1]) - 0.8) > 0.1  # the shift defeats offsets fitted once
+    tracked = cal.track(static, shifted[1], shifted[2], shifted[3], *in_time_order(2000, 2))
+    settled = np.r_[1000:2000, 3000:4000]  # each series' second half, once the offsets have moved
+    assert abs(coverage(tracked[settled], shifted[1][settled]) - 0.8) < 0.03
+    assert abs(coverage(tracked, shifted[1]) - 0.8) < abs(coverage(static, shifted[1]) - 0.8) / 2
+    assert np.array_equal(tracked[..., 1], static[..., 1])  # the median is not tracked
+    assert (np.diff(tracked, axis=-1) >= 0).all()
+    # the tracking step is stored per horizon step and survives the dict round trip
+    again = Calibration.from_dict(cal.to_dict())
+    assert again.method == "adaptive" and again.step.shape == (H,) and (again.step > 0).all()
+    assert np.allclose(again.track(static, shifted[1], shifted[2], shifted[3], *in_time_order(2000, 2)), tracked)
+    with pytest.raises(ValueError, match="does not track"):
+        Calibration.fit(*fit_set, Q).track(static, shifted[1], shifted[2], shifted[3], *in_time_order(2000, 2))
+
+
+def test_adaptive_uses_only_actuals_observed_before_each_window():
+    H, n = 5, 300
+    pred, y, mask, scale = forecasts(n, H, 1.0, 0.5, seed=8)
+    cal = Calibration.fit(pred, y, mask, scale, Q, method="adaptive", step=0.05)
+    series, starts = in_time_order(n)
+    base = cal.track(pred, y, mask, scale, series, starts)
+    h = 3  # the actual of window k's step 3 is at time k + 3: windows starting at k + 4 on may see it
+    k = 100 + int(np.argmax(y[100:, h] > pred[100:, h, 2]))  # an actual above every quantile...
+    moved = y.copy()
+    moved[k, h] = pred[k, h, 0] - 100.0 * scale[k]  # ...moved below every quantile
+    out = cal.track(pred, moved, mask, scale, series, starts)
+    changed = np.flatnonzero(np.abs(out - base).max(axis=(1, 2)) > 0)
+    assert changed.min() == k + h + 1
+    # an unobserved actual teaches nothing, whatever its filler value
+    hidden = mask.copy()
+    hidden[k, h] = False
+    assert np.array_equal(cal.track(pred, moved, hidden, scale, series, starts),
+                          cal.track(pred, y, hidden, scale, series, starts))
+    # series are tracked separately: another series' errors do not move this one's offsets
+    two = cal.track(np.concatenate([pred, pred]), np.concatenate([y, moved]), np.concatenate([mask, mask]),
+                    np.concatenate([scale, scale]), *in_time_order(n, 2))
+    assert np.array_equal(two[:n], base)
+
+
 def test_calibration_none_is_a_no_op_in_evaluation(cfg_train):
     metrics = train(cfg_train)
     module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
@@ -90,3 +142,7 @@ def test_calibration_none_is_a_no_op_in_evaluation(cfg_train):
     offsets = np.asarray(conformal["calibration"]["offsets"])
     assert offsets.shape == (dm.schema.max_prediction_length, 3)
     assert (offsets[:, 1] == 0).all() and (offsets[:, [0, 2]] != 0).any()
+    adaptive = evaluate_model(module, dm, calibration={"method": "adaptive", "per_horizon": True, "step": 0.05})
+    assert adaptive["conformal_static"]["test"] == conformal["test"]  # before tracking: the conformal forecasts
+    assert adaptive["calibration"]["method"] == "adaptive" and len(adaptive["calibration"]["step"]) == offsets.shape[0]
+    assert adaptive["test"]["coverage_p10_p90"] != conformal["test"]["coverage_p10_p90"]

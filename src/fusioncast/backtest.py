@@ -57,9 +57,19 @@ def backtest(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: s
     if split == "test" and dm.hparams.test_start is None:
         split = "val"  # no test split (e.g. the stallion tutorial protocol): backtest validation
     series, starts, times = select_origins(dm, origins, split)
-    p = predict_windows(module, BatchLoader(dm.tensors(module.device), series, starts, dm.eval_batch_size))
-    if calibration is not None:
-        p["pred"] = calibration.apply(p["pred"], p["scale"])
+    if calibration is not None and calibration.step is not None:
+        # adaptive: the offsets at an origin are tracked over every window of the split before it
+        all_series, all_starts = dm.windows(split)
+        p = predict_windows(module, BatchLoader(dm.tensors(module.device), all_series, all_starts, dm.eval_batch_size))
+        p["pred"] = calibration.track(calibration.apply(p["pred"], p["scale"]), p["target"], p["mask"], p["scale"],
+                                      p["series"], p["decoder_start"])
+        index = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(p["series"], p["decoder_start"]))}
+        keep = np.array([index[(int(a), int(b))] for a, b in zip(series, starts)], np.int64)
+        p = {k: v[keep] for k, v in p.items()}
+    else:
+        p = predict_windows(module, BatchLoader(dm.tensors(module.device), series, starts, dm.eval_batch_size))
+        if calibration is not None:
+            p["pred"] = calibration.apply(p["pred"], p["scale"])
     quantiles = list(module.hparams.quantiles)
     per_origin = []
     for t in np.unique(times):

@@ -6,6 +6,17 @@ an additive offset per quantile level q (and per horizon step h) in units of eac
 scale: the empirical q-quantile of the residuals (y - ŷ_q) / scale. Applying it moves ŷ_q to
 ŷ_q + offset · scale, so that on data like the validation split a fraction q of the actuals falls
 below it, and P10–P90 covers about 80 %. The median is left alone unless `adjust_median`.
+
+Offsets fitted once carry over only while the forecast period looks like validation; after a shift
+(a calmer winter, a holiday season) coverage drifts away from nominal. `method: adaptive` starts from
+the same offsets and then tracks them online over the evaluated windows, in time order, as each
+actual becomes known: quantile tracking (Angelopoulos, Candès & Tibshirani 2023, "Conformal PID
+control for time series prediction"; the step-size form of Gibbs & Candès 2021, ACI), offset ←
+offset + η (q − 1[y ≤ ŷ_q + offset · scale]), with η a fraction `step` of the spread of the median's
+validation residuals at that horizon step. An actual h steps ahead is known only h steps after the
+origin, so a window's offsets use the errors of windows whose targets were observed before it.
+Hand-written: MAPIE's time-series ACI refits a regressor per update and knows no quantile model or
+delayed multi-step feedback. The server has no actuals to learn from and applies the fitted offsets.
 """
 
 from __future__ import annotations
@@ -14,23 +25,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-METHODS = ("none", "conformal")
+METHODS = ("none", "conformal", "adaptive")
 
 
 @dataclass
 class Calibration:
-    """Additive offsets (H, Q) in units of the target scale, one per horizon step and quantile."""
+    """Additive offsets (H, Q) in units of the target scale, one per horizon step and quantile; for
+    method adaptive also the tracking step (H,) in the same units."""
 
     quantiles: list[float]
     offsets: np.ndarray
     method: str = "conformal"
     fitted_on: dict = field(default_factory=dict)
+    step: np.ndarray | None = None
 
     @classmethod
     def fit(cls, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, scale: np.ndarray, quantiles: list[float],
-            per_horizon: bool = True, adjust_median: bool = False) -> "Calibration":
+            per_horizon: bool = True, adjust_median: bool = False, method: str = "conformal",
+            step: float = 0.01) -> "Calibration":
         """Fit on forecasts pred (N, H, Q) of actuals target/mask (N, H), with the target scale (N,) of each
-        window's series. A horizon step with no observed actual gets the offsets pooled over all steps."""
+        window's series. A horizon step with no observed actual gets the offsets pooled over all steps.
+        Method adaptive adds the tracking step: `step` times the P10–P90 spread of the median's residuals."""
+        if method not in ("conformal", "adaptive"):
+            raise ValueError(f"calibration method must be one of {METHODS[1:]}, got {method!r}")
         N, H, Q = pred.shape
         m = mask.astype(bool)
         resid = (target[..., None].astype(np.float64) - pred) / _scale(scale)[:, None, None]  # (N, H, Q)
@@ -42,9 +59,17 @@ class Calibration:
                     offsets[h] = _offsets(resid[:, h][m[:, h]], quantiles)
         if not adjust_median:
             offsets[:, [i for i, q in enumerate(quantiles) if abs(q - 0.5) < 1e-9]] = 0.0
-        return cls([float(q) for q in quantiles], offsets, "conformal",
-                   {"windows": int(N), "points": int(m.sum()), "per_horizon": bool(per_horizon),
-                    "adjust_median": bool(adjust_median)})
+        fitted_on = {"windows": int(N), "points": int(m.sum()), "per_horizon": bool(per_horizon),
+                     "adjust_median": bool(adjust_median)}
+        steps = None
+        if method == "adaptive":
+            median = resid[..., int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))]  # (N, H)
+            steps = np.full(H, float(step) * _spread(median[m]))
+            for h in range(H):
+                if m[:, h].sum() >= 10:
+                    steps[h] = float(step) * _spread(median[:, h][m[:, h]])
+            fitted_on["step"] = float(step)
+        return cls([float(q) for q in quantiles], offsets, method, fitted_on, steps)
 
     def apply(self, pred: np.ndarray, target_scale: np.ndarray) -> np.ndarray:
         """Calibrated quantiles (N, H, Q) from pred (N, H, Q) in target units and the windows' target scale,
@@ -56,16 +81,50 @@ class Calibration:
         out = pred + (self.offsets[None] * scale[:, None, None]).astype(pred.dtype)
         return np.sort(out, axis=-1)
 
+    def track(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, target_scale: np.ndarray,
+              series: np.ndarray, decoder_start: np.ndarray) -> np.ndarray:
+        """Method adaptive: the windows' calibrated forecasts pred (N, H, Q) (from `apply`, or cross-fitted)
+        with offsets tracked online from there, per series in time order (decoder_start, in steps). The
+        error of step h of a window updates the offsets of the windows that start after its actual."""
+        if self.step is None:
+            raise ValueError(f"calibration method {self.method!r} does not track; fit it with method='adaptive'")
+        N, H, Q = pred.shape
+        scale = _scale(np.asarray(target_scale)[:, 1] if np.ndim(target_scale) == 2 else target_scale)
+        q = np.asarray(self.quantiles, np.float64)
+        frozen = np.zeros(Q, bool) if self.fitted_on.get("adjust_median") else np.abs(q - 0.5) < 1e-9
+        eta = self.step[:, None] * np.where(frozen, 0.0, 1.0)[None]  # (H, Q)
+        out = pred.astype(np.float64, copy=True)
+        steps = np.arange(H)
+        for s in np.unique(series):
+            rows = np.flatnonzero(series == s)
+            rows = rows[np.argsort(decoder_start[rows], kind="stable")]
+            t = decoder_start[rows] - decoder_start[rows].min()
+            # pending[a] holds the updates whose actuals are known to windows starting at step >= a
+            pending = np.zeros((int(t.max()) + H + 1, H, Q))
+            offsets, applied = np.zeros((H, Q)), 0
+            for j, tj in zip(rows, t):
+                offsets += pending[applied:tj + 1].sum(0)
+                applied = max(applied, tj + 1)
+                out[j] += offsets * scale[j]
+                below = target[j][:, None] <= out[j]
+                pending[tj + steps + 1, steps] += eta * (q[None] - below) * mask[j][:, None]
+        return np.sort(out, axis=-1).astype(pred.dtype)
+
     def to_dict(self) -> dict:
-        return {"method": self.method, "quantiles": self.quantiles, "offsets": self.offsets.tolist(),
-                "fitted_on": self.fitted_on}
+        d = {"method": self.method, "quantiles": self.quantiles, "offsets": self.offsets.tolist(),
+             "fitted_on": self.fitted_on}
+        if self.step is not None:
+            d["step"] = self.step.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Calibration | None":
         """The calibration stored in metrics.json / bundle.json (None when there is none)."""
         if not d or d.get("method", "none") == "none":
             return None
-        return cls(list(d["quantiles"]), np.asarray(d["offsets"], np.float64), d["method"], dict(d.get("fitted_on", {})))
+        step = np.asarray(d["step"], np.float64) if d.get("step") is not None else None
+        return cls(list(d["quantiles"]), np.asarray(d["offsets"], np.float64), d["method"], dict(d.get("fitted_on", {})),
+                   step)
 
 
 def cross_fit(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, scale: np.ndarray, quantiles: list[float],
@@ -96,6 +155,14 @@ def _offsets(resid: np.ndarray, quantiles: list[float]) -> np.ndarray:
         level = min(1.0, q * (n + 1) / n) if q > 0.5 else max(0.0, (q * (n + 1) - 1) / n) if q < 0.5 else 0.5
         out[i] = np.quantile(resid[:, i], level)
     return out
+
+
+def _spread(resid: np.ndarray) -> float:
+    """P10–P90 width of residuals (the tracking step's unit); 1 where there are none or all agree."""
+    if len(resid) == 0:
+        return 1.0
+    width = float(np.quantile(resid, 0.9) - np.quantile(resid, 0.1))
+    return width if width > 0 else 1.0
 
 
 def _scale(scale: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fusioncast.calibration import Calibration, cross_fit
+from fusioncast.calibration import METHODS, Calibration, cross_fit
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.data.windows import BatchLoader
 from fusioncast.metrics import forecast_metrics, seasonal_naive
@@ -60,12 +60,16 @@ def fit_calibration(module: TFTModule, dm: TimeSeriesDataModule, calibration: di
     """The calibration a `calibration` config asks for (None for method none), fitted on the val windows."""
     if not calibration or calibration.get("method", "none") == "none":
         return None
-    if calibration["method"] != "conformal":
-        raise ValueError(f"calibration.method must be none or conformal, got {calibration['method']!r}")
+    if calibration["method"] not in METHODS:
+        raise ValueError(f"calibration.method must be one of {', '.join(METHODS)}, got {calibration['method']!r}")
     p = val if val is not None else predict_split(module, dm, "val")
     return Calibration.fit(p["pred"], p["target"], p["mask"], p["scale"], list(module.hparams.quantiles),
-                           per_horizon=calibration.get("per_horizon", True),
-                           adjust_median=calibration.get("adjust_median", False))
+                           **_fit_options(calibration))
+
+
+def _fit_options(calibration: dict) -> dict:
+    return {"per_horizon": calibration.get("per_horizon", True), "adjust_median": calibration.get("adjust_median", False),
+            "method": calibration["method"], "step": calibration.get("step", 0.01)}
 
 
 def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "test"),
@@ -75,7 +79,9 @@ def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "
     With test_start=None there is no test split and no test block. With a `calibration` config
     (method conformal) the val and test blocks are of calibrated forecasts (the test block with
     offsets fitted on all of val; the val block cross-fitted, so that it is out of sample), the
-    raw model's blocks move to `uncalibrated` and the fitted offsets to `calibration`.
+    raw model's blocks move to `uncalibrated` and the fitted offsets to `calibration`. Method
+    adaptive then tracks the offsets online over each split's windows (Calibration.track); the
+    blocks before tracking go to `conformal_static`.
     """
     metrics: dict = {"baseline": {}, "seasonal_period": dm.seasonal_period}
     if dm.hparams.test_start is None:
@@ -90,10 +96,12 @@ def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "
             metrics["uncalibrated"][split] = split_metrics(p, dm, quantiles)[0]
             if split == "val":
                 pred = cross_fit(p["pred"], p["target"], p["mask"], p["scale"], quantiles,
-                                 folds=calibration.get("folds", 5), per_horizon=calibration.get("per_horizon", True),
-                                 adjust_median=calibration.get("adjust_median", False))
+                                 folds=calibration.get("folds", 5), **_fit_options(calibration))
             else:
                 pred = cal.apply(p["pred"], p["scale"])
+            if cal.step is not None:
+                metrics.setdefault("conformal_static", {})[split] = split_metrics({**p, "pred": pred}, dm, quantiles)[0]
+                pred = cal.track(pred, p["target"], p["mask"], p["scale"], p["series"], p["decoder_start"])
             p = {**p, "pred": pred}
         ours, base = split_metrics(p, dm, quantiles)
         metrics[split], metrics["baseline"][split] = ours, base
