@@ -12,11 +12,12 @@ Offsets fitted once carry over only while the forecast period looks like validat
 the same offsets and then tracks them online over the evaluated windows, in time order, as each
 actual becomes known: quantile tracking (Angelopoulos, Candès & Tibshirani 2023, "Conformal PID
 control for time series prediction"; the step-size form of Gibbs & Candès 2021, ACI), offset ←
-offset + η (q − 1[y ≤ ŷ_q + offset · scale]), with η a fraction `step` of the spread of the median's
-validation residuals at that horizon step. An actual h steps ahead is known only h steps after the
-origin, so a window's offsets use the errors of windows whose targets were observed before it.
-Hand-written: MAPIE's time-series ACI refits a regressor per update and knows no quantile model or
-delayed multi-step feedback. The server has no actuals to learn from and applies the fitted offsets.
+offset + η (q − 1[residual ≤ offset]), with η at horizon step h (0-based) a fraction
+`step` / sqrt(h + 1) of the spread of the median's validation residuals there. The actual of step h
+is known only h + 1 steps after the window starts, so a window's offsets use only actuals observed
+before it (Calibration.track has the details). Hand-written: MAPIE's time-series ACI refits a
+regressor per update and knows neither quantile models nor delayed multi-step feedback. The server
+has no actuals to learn from and applies the fitted offsets.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Calibration:
             step: float = 0.01) -> "Calibration":
         """Fit on forecasts pred (N, H, Q) of actuals target/mask (N, H), with the target scale (N,) of each
         window's series. A horizon step with no observed actual gets the offsets pooled over all steps.
-        Method adaptive adds the tracking step: `step` times the P10–P90 spread of the median's residuals."""
+        Method adaptive adds the tracking step: `step` / sqrt(h + 1) times the P10–P90 spread of the median's
+        residuals at step h."""
         if method not in ("conformal", "adaptive"):
             raise ValueError(f"calibration method must be one of {METHODS[1:]}, got {method!r}")
         N, H, Q = pred.shape
@@ -64,10 +66,13 @@ class Calibration:
         steps = None
         if method == "adaptive":
             median = resid[..., int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))]  # (N, H)
-            steps = np.full(H, float(step) * _spread(median[m]))
+            steps = np.full(H, _spread(median[m]))
             for h in range(H):
                 if m[:, h].sum() >= 10:
-                    steps[h] = float(step) * _spread(median[:, h][m[:, h]])
+                    steps[h] = _spread(median[:, h][m[:, h]])
+            # step h's actual arrives h + 1 steps late: online gradient descent with delay d wants a
+            # step ~ 1/sqrt(d) (Joulani et al. 2013); a constant one winds up on long horizons
+            steps *= float(step) / np.sqrt(np.arange(1, H + 1))
             fitted_on["step"] = float(step)
         return cls([float(q) for q in quantiles], offsets, method, fitted_on, steps)
 
@@ -84,30 +89,45 @@ class Calibration:
     def track(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, target_scale: np.ndarray,
               series: np.ndarray, decoder_start: np.ndarray) -> np.ndarray:
         """Method adaptive: the windows' calibrated forecasts pred (N, H, Q) (from `apply`, or cross-fitted)
-        with offsets tracked online from there, per series in time order (decoder_start, in steps). The
-        error of step h of a window updates the offsets of the windows that start after its actual."""
+        with offsets tracked online from there, per series in time order (decoder_start, in steps).
+
+        The actual of step h of the window starting at t is known from t + h + 1 on; then the offset of
+        (h, q) takes one step of stochastic gradient descent on that residual's pinball loss, at its
+        current value: offset += η (q − 1[residual ≤ offset]). Judging the late residual by the offset
+        of now, not of its own forecast, keeps h-step-late feedback from piling up steps that later
+        windows have already made (the wind-up that makes the plain ACI loop overshoot on long horizons).
+        Quantiles do not cross the median (it is not tracked) and stay ordered."""
         if self.step is None:
             raise ValueError(f"calibration method {self.method!r} does not track; fit it with method='adaptive'")
         N, H, Q = pred.shape
         scale = _scale(np.asarray(target_scale)[:, 1] if np.ndim(target_scale) == 2 else target_scale)
         q = np.asarray(self.quantiles, np.float64)
-        frozen = np.zeros(Q, bool) if self.fitted_on.get("adjust_median") else np.abs(q - 0.5) < 1e-9
+        median = np.abs(q - 0.5) < 1e-9
+        frozen = np.zeros(Q, bool) if self.fitted_on.get("adjust_median") else median
         eta = self.step[:, None] * np.where(frozen, 0.0, 1.0)[None]  # (H, Q)
+        resid = (target[..., None] - pred) / scale[:, None, None]     # (N, H, Q): below iff resid <= offset
         out = pred.astype(np.float64, copy=True)
         steps = np.arange(H)
         for s in np.unique(series):
             rows = np.flatnonzero(series == s)
             rows = rows[np.argsort(decoder_start[rows], kind="stable")]
             t = decoder_start[rows] - decoder_start[rows].min()
-            # pending[a] holds the updates whose actuals are known to windows starting at step >= a
-            pending = np.zeros((int(t.max()) + H + 1, H, Q))
-            offsets, applied = np.zeros((H, Q)), 0
+            row_at = np.full(int(t.max()) + 1, -1)
+            row_at[t] = rows
+            offsets, known = np.zeros((H, Q)), 0  # actuals known up to step `known` (exclusive)
             for j, tj in zip(rows, t):
-                offsets += pending[applied:tj + 1].sum(0)
-                applied = max(applied, tj + 1)
+                for a in range(known, tj + 1):  # actuals at step a - 1: step h of the window at a - 1 - h
+                    start = a - 1 - steps
+                    ok = start >= 0
+                    i = np.where(ok, row_at[start.clip(0)], -1)
+                    h, i = steps[i >= 0], i[i >= 0]
+                    seen = mask[i, h][:, None]
+                    offsets[h] += eta[h] * (q[None] - (resid[i, h] <= offsets[h])) * seen
+                known = max(known, tj + 1)
                 out[j] += offsets * scale[j]
-                below = target[j][:, None] <= out[j]
-                pending[tj + steps + 1, steps] += eta * (q[None] - below) * mask[j][:, None]
+        if median.any() and not self.fitted_on.get("adjust_median"):
+            m = out[..., median][..., :1]
+            out = np.where(q < 0.5, np.minimum(out, m), np.maximum(out, m))
         return np.sort(out, axis=-1).astype(pred.dtype)
 
     def to_dict(self) -> dict:
