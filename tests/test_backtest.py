@@ -61,14 +61,15 @@ def test_backtest_metrics_per_origin_and_overall_with_baseline(trained, tmp_path
 def test_eval_cli_writes_backtest_and_calibration(trained, tmp_path):
     metrics, _, _ = trained
     run = subprocess.run([sys.executable, "-m", "fusioncast.evaluate", f"ckpt_path={metrics['best_checkpoint']}",
-                          "backtest.origins=3", "calibration=conformal", f"hydra.run.dir={tmp_path}"],
+                          "backtest.origins=3", "calibration=adaptive", f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / "backtest.json").read_text())
-    assert result["origins"] == 3 and result["calibration"]["method"] == "conformal"
+    assert result["origins"] == 3 and result["calibration"]["method"] == "adaptive"
     assert (tmp_path / "backtest.png").exists()
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert "calibration" in written and "uncalibrated" in written
+    assert "calibration" in written and "uncalibrated" in written and "conformal_static" in written
+    assert written["calibration"]["fitted_on"]["step"] == 0.01  # the config group's default
 
 
 def test_adaptive_backtest_tracks_over_every_test_window_before_each_origin(trained):
