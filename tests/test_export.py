@@ -65,13 +65,16 @@ def test_bundle_is_self_contained_and_described(real_bundle):
         Bundle.load(copy)
 
 
-def test_served_quantiles_carry_the_training_calibration(real_bundle, tmp_path):
+@pytest.mark.parametrize("method", ["conformal", "adaptive"])
+def test_served_quantiles_carry_the_training_calibration(real_bundle, tmp_path, method):
     rb = real_bundle("stallion")
     copy = tmp_path / "bundle"
     shutil.copytree(rb.path, copy)
     meta = json.loads((copy / "bundle.json").read_text())
     offsets = np.tile([[-0.5, 0.0, 0.5]], (6, 1))
-    meta["calibration"] = Calibration([0.1, 0.5, 0.9], offsets).to_dict()
+    # adaptive's tracking step travels along; the server, which sees no actuals, applies the offsets alone
+    step = np.full(6, 0.01) if method == "adaptive" else None
+    meta["calibration"] = Calibration([0.1, 0.5, 0.9], offsets, method, {}, step).to_dict()
     (copy / "bundle.json").write_text(json.dumps(meta))
     batch, _ = real_windows(rb.dm, 16)
     inputs = {n: t.numpy() for n, t in zip(INPUT_NAMES, batch.inputs())}
