@@ -62,3 +62,65 @@ def test_missing_future_rows_are_named(real_bundle, tmp_path):
     table.to_parquet(tmp_path / "input.parquet")
     with pytest.raises(SchemaError, match="agency=Agency_15, sku=SKU_02.*the table has 3"):
         run(tmp_path, f"bundle={rb.path}", f"input={tmp_path / 'input.parquet'}", "output=null")
+
+
+def adaptive_bundle(rb, path, step: float):
+    """A copy of a real bundle with an adaptive calibration: zero offsets, tracking step `step`."""
+    import json
+    import shutil
+
+    from fusioncast.calibration import Calibration
+
+    shutil.copytree(rb.path, path)
+    meta = json.loads((path / "bundle.json").read_text())
+    H = rb.dm.schema.max_prediction_length
+    meta["calibration"] = Calibration([0.1, 0.5, 0.9], np.zeros((H, 3)), "adaptive", {}, np.full(H, step)).to_dict()
+    (path / "bundle.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_replay_tracks_the_calibration_over_the_forecasts_of_earlier_origins(real_bundle, tmp_path):
+    from fusioncast.calibration import Calibration
+    from fusioncast.predict import table_windows
+    from fusioncast.serve.bundle import Bundle
+
+    rb = real_bundle("nyc_taxi")
+    bundle = adaptive_bundle(rb, tmp_path / "adaptive", step=0.2)
+    cal = Calibration.from_dict(Bundle.load(bundle).meta["calibration"])
+    df = pd.read_csv(needs_shared("nyc_taxi.csv")).iloc[:3000]
+    H, K, q = rb.dm.schema.max_prediction_length, 24, ["q0.1", "q0.5", "q0.9"]
+
+    def score(frame: pd.DataFrame, *overrides: str) -> pd.DataFrame:
+        frame.to_csv(tmp_path / "input.csv", index=False)
+        return run(tmp_path, f"bundle={bundle}", f"input={tmp_path / 'input.csv'}", "output=null", *overrides)
+
+    # what the job would have issued at each of the K origins before the table's end, from the table cut there
+    past = [score(df.iloc[: len(df) - k]) for k in range(K, 0, -1)]
+    pred = np.stack([p[q].to_numpy() for p in past])                     # (K, H, Q), zero offsets: the model's
+    y = df.value.to_numpy(float)
+    ends = np.arange(len(df) - K, len(df))                                # first forecast step of each
+    steps = ends[:, None] + np.arange(H)
+    target, mask = np.where(steps < len(df), y[steps.clip(max=len(df) - 1)], 0.0), steps < len(df)
+    plain = score(df)
+    w = table_windows(df, Bundle.load(bundle).pp, replay=K)
+    assert len(w.replay.series) == K and (w.replay.decoder_start == w.decoder_start[0] - np.arange(K, 0, -1)).all()
+    assert np.allclose(w.replay.target[mask], target[mask]) and (w.replay.mask == mask).all()  # the table's actuals
+    # the replayed windows' forecasts are the ones issued from the cut tables, tracked in time order
+    scale = np.concatenate([w.replay.inputs["target_scale"], w.inputs["target_scale"]])
+    expected = cal.track(np.concatenate([pred, plain[q].to_numpy()[None]]), np.concatenate([target, np.zeros((1, H))]),
+                         np.concatenate([mask, np.zeros((1, H), bool)]), scale, np.zeros(K + 1, np.int64),
+                         np.r_[ends, len(df)])[-1]
+    replayed = score(df, f"replay={K}")
+    np.testing.assert_allclose(replayed[q].to_numpy(), expected, rtol=1e-5, atol=1e-3)
+    assert np.abs(replayed[q].to_numpy() - plain[q].to_numpy()).max() > 1.0  # the offsets moved...
+    np.testing.assert_array_equal(replayed["q0.5"].to_numpy(), plain["q0.5"].to_numpy())  # ...not the median's
+
+
+def test_replay_needs_an_adaptive_calibration(real_bundle, tmp_path):
+    rb = real_bundle("nyc_taxi")
+    pd.read_csv(needs_shared("nyc_taxi.csv")).iloc[:3000].to_csv(tmp_path / "input.csv", index=False)
+    with pytest.raises(ValueError, match="replay=10 needs a model trained with calibration=adaptive.*none"):
+        run(tmp_path, f"bundle={rb.path}", f"input={tmp_path / 'input.csv'}", "output=null", "replay=10")
+    bundle = adaptive_bundle(rb, tmp_path / "adaptive", step=0.1)
+    with pytest.raises(ValueError, match="replay must be >= 0"):
+        run(tmp_path, f"bundle={bundle}", f"input={tmp_path / 'input.csv'}", "output=null", "replay=-1")

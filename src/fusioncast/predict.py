@@ -6,6 +6,11 @@ The table goes through the same pandas path as training (schema.validate → gri
 Preprocessor.transform), then through data.inference.assemble_window like a served request, so the
 server and this job give the same forecast for the same input. Output: a long table with the group
 ids, the time column and one column per quantile (`q0.1`, `q0.5`, `q0.9`), as parquet or CSV.
+
+With a bundle trained with calibration=adaptive, `replay=N` also forecasts the N origins before each
+series' last observation, whose actuals the table holds, and tracks the calibration offsets over
+them in time order (Calibration.track, as evaluation does over the test windows) before it applies
+them to the forecast: the intervals follow the table's recent errors, not only validation's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from fusioncast.calibration import Calibration
 from fusioncast.data.frame import prepare_frame
 from fusioncast.data.grid import series_name
 from fusioncast.data.inference import INPUT_NAMES, assemble_window, stack_windows
@@ -33,6 +39,17 @@ Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # named inputs -> quanti
 
 
 @dataclasses.dataclass
+class Replay:
+    """Past windows of a table's series, whose actuals it holds (for tracking an adaptive calibration)."""
+
+    inputs: dict[str, np.ndarray]      # model inputs, batch = replayed windows
+    series: np.ndarray                 # (R,) index of each window's series in Windows.keys
+    decoder_start: np.ndarray          # (R,) first forecast step, in grid steps of its series
+    target: np.ndarray                 # (R, H) actuals (raw units), 0 where unobserved
+    mask: np.ndarray                   # (R, H) observed actuals
+
+
+@dataclasses.dataclass
 class Windows:
     """The forecast window of every series of a table."""
 
@@ -40,6 +57,8 @@ class Windows:
     groups: pd.DataFrame               # the group-id values of each series (one row per series)
     inputs: dict[str, np.ndarray]      # model inputs, batch = series
     times: np.ndarray                  # (S, H) datetime64[ns] forecast times
+    decoder_start: np.ndarray | None = None  # (S,) each forecast's first step, in grid steps of its series
+    replay: Replay | None = None
 
 
 def _extend(df: pd.DataFrame, pp: Preprocessor) -> pd.DataFrame:
@@ -59,8 +78,9 @@ def _extend(df: pd.DataFrame, pp: Preprocessor) -> pd.DataFrame:
     return pd.concat([df, *extra], ignore_index=True) if extra else df
 
 
-def table_windows(df: pd.DataFrame, pp: Preprocessor) -> Windows:
-    """Encode a raw table (history + future rows) into one forecast window per series."""
+def table_windows(df: pd.DataFrame, pp: Preprocessor, replay: int = 0) -> Windows:
+    """Encode a raw table (history + future rows) into one forecast window per series, and with `replay`
+    the windows of up to that many origins before it per series (Windows.replay)."""
     schema = dataclasses.replace(pp.schema, freq=pp.freq)  # the model's grid, never a re-inferred one
     L, H = schema.max_encoder_length, schema.max_prediction_length
     known = schema.time_varying_known_categoricals + schema.time_varying_known_reals
@@ -76,7 +96,8 @@ def table_windows(df: pd.DataFrame, pp: Preprocessor) -> Windows:
     first = np.concatenate([[0], np.cumsum(enc.length)])
     times = pd.DatetimeIndex(frame[schema.time_col]).as_unit("ns").asi8
     nk_cat, nk_real = len(schema.known_categoricals), len(schema.time_varying_known_reals)
-    windows, out_times, group_rows = [], [], []
+    windows, out_times, group_rows, starts = [], [], [], []
+    past, past_series, past_starts = [], [], []
     for i, key in enumerate(enc.keys):
         n, rows = int(enc.length[i]), frame.iloc[first[i] : first[i] + 1]
         group = tuple(rows[c].iloc[0] for c in schema.group_ids)
@@ -93,23 +114,64 @@ def table_windows(df: pd.DataFrame, pp: Preprocessor) -> Windows:
                 f"series {label}: the {H} steps after its last observed '{schema.target}' "
                 f"({pd.Timestamp(int(times[first[i] + d - 1]), unit='ns')}) need rows with the known inputs "
                 f"{known}; the table has {have}")
-        lo = max(0, d - L)
-        windows.append(assemble_window(
-            pp, key, enc.static_cat[i], enc.static_real[i], enc.cat[i, lo:d], enc.real[i, lo:d],
-            enc.observed[i, lo:d], enc.cat[i, d : d + H, :nk_cat], enc.real[i, d : d + H, 1 : 1 + nk_real]))
+
+        def window(t: int) -> tuple[np.ndarray, ...]:  # the one whose first forecast step is t
+            lo = max(0, t - L)
+            return assemble_window(
+                pp, key, enc.static_cat[i], enc.static_real[i], enc.cat[i, lo:t], enc.real[i, lo:t],
+                enc.observed[i, lo:t], enc.cat[i, t : t + H, :nk_cat], enc.real[i, t : t + H, 1 : 1 + nk_real])
+
+        windows.append(window(d))
         out_times.append(step_times)
         group_rows.append(group)
+        starts.append(d)
+        first_seen = int(np.argmax(observed))  # replayed windows start after an observed target
+        for t in range(max(first_seen + 1, d - replay), d):
+            past.append(window(t))
+            past_series.append(i)
+            past_starts.append(t)
     groups = pd.DataFrame(group_rows, columns=schema.group_ids)
-    return Windows(enc.keys, groups, stack_windows(pp, windows), np.asarray(out_times).astype("datetime64[ns]"))
+    w = Windows(enc.keys, groups, stack_windows(pp, windows), np.asarray(out_times).astype("datetime64[ns]"),
+                np.asarray(starts, np.int64))
+    if replay:
+        series, start = np.asarray(past_series, np.int64), np.asarray(past_starts, np.int64)
+        steps = start[:, None] + np.arange(H)  # inside each series' grid: d + H <= its length, checked above
+        w.replay = Replay(stack_windows(pp, past), series, start, np.nan_to_num(enc.real[series[:, None], steps, 0]),
+                          enc.observed[series[:, None], steps])
+    return w
+
+
+def check_replay(replay: int, calibration: Calibration | None) -> None:
+    if replay < 0:
+        raise ValueError(f"replay must be >= 0 (past origins per series), got {replay}")
+    if calibration is None or calibration.step is None:
+        method = calibration.method if calibration is not None else "none"
+        raise ValueError(f"replay={replay} needs a model trained with calibration=adaptive; this one's "
+                         f"calibration is {method}")
+
+
+def run_batches(inputs: dict[str, np.ndarray], run: Runner, batch_size: int, H: int, Q: int) -> np.ndarray:
+    n = len(next(iter(inputs.values())))
+    preds = [run({k: v[i : i + batch_size] for k, v in inputs.items()}) for i in range(0, n, batch_size)]
+    return np.concatenate(preds) if preds else np.zeros((0, H, Q), np.float32)
 
 
 def forecast_table(w: Windows, pp: Preprocessor, quantiles: list[float], run: Runner,
-                   batch_size: int = 1024) -> pd.DataFrame:
-    """Run the model over the windows in batches; the long output table."""
-    n = len(w.keys)
-    preds = [run({k: v[i : i + batch_size] for k, v in w.inputs.items()}) for i in range(0, n, batch_size)]
-    pred = np.concatenate(preds) if preds else np.zeros((0, pp.schema.max_prediction_length, len(quantiles)))
+                   batch_size: int = 1024, calibration: Calibration | None = None) -> pd.DataFrame:
+    """Run the model over the windows in batches; the long output table. With replayed windows and an
+    adaptive `calibration` (whose fitted offsets `run` applies), the offsets are tracked over them first."""
     H = pp.schema.max_prediction_length
+    pred = run_batches(w.inputs, run, batch_size, H, len(quantiles))
+    if w.replay is not None and len(w.replay.series):
+        check_replay(len(w.replay.series), calibration)
+        r, n = w.replay, len(pred)
+        past = run_batches(r.inputs, run, batch_size, H, len(quantiles))
+        scale = np.concatenate([r.inputs["target_scale"], w.inputs["target_scale"]])
+        tracked = calibration.track(
+            np.concatenate([past, pred]), np.concatenate([r.target, np.zeros((n, H))]),
+            np.concatenate([r.mask, np.zeros((n, H), bool)]), scale,
+            np.concatenate([r.series, np.arange(n)]), np.concatenate([r.decoder_start, w.decoder_start]))
+        pred = tracked[len(past):]
     out = w.groups.loc[w.groups.index.repeat(H)].reset_index(drop=True)
     out[pp.schema.time_col] = w.times.reshape(-1)
     for j, q in enumerate(quantiles):
@@ -117,22 +179,21 @@ def forecast_table(w: Windows, pp: Preprocessor, quantiles: list[float], run: Ru
     return out
 
 
-def onnx_runner(bundle_dir: str, variant: str = "fp32", threads: int = 2) -> tuple[Preprocessor, list[float], Runner]:
+def onnx_runner(bundle_dir: str, variant: str = "fp32", threads: int = 2
+                ) -> tuple[Preprocessor, list[float], Runner, Calibration | None]:
     from fusioncast.serve.bundle import Bundle, Model
 
     bundle = Bundle.load(bundle_dir)
     model = Model(bundle, variant=variant, threads=threads)
-    return bundle.pp, bundle.quantiles, lambda inputs: model(inputs)[0]
+    return bundle.pp, bundle.quantiles, lambda inputs: model(inputs)[0], model.calibration
 
 
-def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner]:
+def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner, Calibration | None]:
     """The checkpoint's PyTorch model (eager, CPU) and its fitted preprocessing; the quantile calibration
     of its training run (metrics.json next to checkpoints/) is applied as the bundle's is."""
     import json
 
     import torch
-
-    from fusioncast.calibration import Calibration
 
     from fusioncast.data.datamodule import TimeSeriesDataModule
     from fusioncast.models.module import TFTModule
@@ -149,7 +210,7 @@ def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner]:
             pred = module(*(torch.from_numpy(inputs[n]) for n in INPUT_NAMES)).float().numpy()
         return pred if calibration is None else calibration.apply(pred, inputs["target_scale"])
 
-    return pp, [float(q) for q in module.hparams.quantiles], run
+    return pp, [float(q) for q in module.hparams.quantiles], run, calibration
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
@@ -169,14 +230,18 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if cfg.backend == "onnx":
         if not cfg.bundle:
             raise ValueError("backend=onnx needs bundle=DIR")
-        pp, quantiles, run = onnx_runner(cfg.bundle, cfg.variant, cfg.threads)
+        pp, quantiles, run, calibration = onnx_runner(cfg.bundle, cfg.variant, cfg.threads)
     elif cfg.backend == "torch":
         if not cfg.ckpt_path:
             raise ValueError("backend=torch needs ckpt_path=FILE")
-        pp, quantiles, run = torch_runner(cfg.ckpt_path)
+        pp, quantiles, run, calibration = torch_runner(cfg.ckpt_path)
     else:
         raise ValueError(f"backend must be onnx or torch, got {cfg.backend!r}")
-    table = forecast_table(table_windows(read_table(cfg.input), pp), pp, quantiles, run, cfg.batch_size)
+    replay = int(cfg.get("replay") or 0)
+    if replay:
+        check_replay(replay, calibration)  # before any work is done
+    windows = table_windows(read_table(cfg.input), pp, replay)
+    table = forecast_table(windows, pp, quantiles, run, cfg.batch_size, calibration)
     if cfg.output:
         log.info("wrote %d forecasts of %d series to %s", len(table),
                  len(table) // pp.schema.max_prediction_length, write_table(table, cfg.output))
