@@ -124,3 +124,5 @@ def test_replay_needs_an_adaptive_calibration(real_bundle, tmp_path):
     bundle = adaptive_bundle(rb, tmp_path / "adaptive", step=0.1)
     with pytest.raises(ValueError, match="replay must be >= 0"):
         run(tmp_path, f"bundle={bundle}", f"input={tmp_path / 'input.csv'}", "output=null", "replay=-1")
+    with pytest.raises(ValueError, match="replay must be a whole number.*'ten'"):
+        run(tmp_path, f"bundle={bundle}", f"input={tmp_path / 'input.csv'}", "output=null", "replay=ten")

@@ -237,7 +237,9 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         pp, quantiles, run, calibration = torch_runner(cfg.ckpt_path)
     else:
         raise ValueError(f"backend must be onnx or torch, got {cfg.backend!r}")
-    replay = int(cfg.get("replay") or 0)
+    replay = cfg.get("replay") or 0
+    if not isinstance(replay, int) or isinstance(replay, bool):
+        raise ValueError(f"replay must be a whole number of past origins per series, got {replay!r}")
     if replay:
         check_replay(replay, calibration)  # before any work is done
     windows = table_windows(read_table(cfg.input), pp, replay)
