@@ -249,7 +249,10 @@ def table(rows: list[dict]) -> str:
             "seasonal naive | published | training |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cov = " → ".join(f"{r[k]:.3f}" for k in ("coverage_raw", "coverage_static", "coverage") if r.get(k) is not None)
+        if "coverage_static" in r:  # raw → fixed offsets → tracked (calibration=adaptive)
+            cov = " → ".join("—" if r[k] is None else f"{r[k]:.3f}" for k in ("coverage_raw", "coverage_static", "coverage"))
+        else:  # a run from before calibration=adaptive (--collect): its calibration was conformal
+            cov = f"{r['coverage_raw']:.3f} → {r['coverage']:.3f} → —"
         naive = fmt(r["kind"], r["naive"])
         if r.get("last_value"):
             naive += f" (last value {fmt(r['kind'], r['last_value'])})"
