@@ -141,13 +141,14 @@ def table_windows(df: pd.DataFrame, pp: Preprocessor, replay: int = 0) -> Window
     return w
 
 
-def check_replay(replay: int, calibration: Calibration | None) -> None:
-    if replay < 0:
+def check_replay(calibration: Calibration | None, replay: int | None = None) -> None:
+    """Replaying past origins tracks an adaptive calibration: say so clearly for any other model."""
+    if replay is not None and replay < 0:
         raise ValueError(f"replay must be >= 0 (past origins per series), got {replay}")
     if calibration is None or calibration.step is None:
         method = calibration.method if calibration is not None else "none"
-        raise ValueError(f"replay={replay} needs a model trained with calibration=adaptive; this one's "
-                         f"calibration is {method}")
+        asked = f"replay={replay}" if replay is not None else "replayed windows"
+        raise ValueError(f"{asked} needs a model trained with calibration=adaptive; this one's calibration is {method}")
 
 
 def run_batches(inputs: dict[str, np.ndarray], run: Runner, batch_size: int, H: int, Q: int) -> np.ndarray:
@@ -163,7 +164,7 @@ def forecast_table(w: Windows, pp: Preprocessor, quantiles: list[float], run: Ru
     H = pp.schema.max_prediction_length
     pred = run_batches(w.inputs, run, batch_size, H, len(quantiles))
     if w.replay is not None and len(w.replay.series):
-        check_replay(len(w.replay.series), calibration)
+        check_replay(calibration)
         r, n = w.replay, len(pred)
         past = run_batches(r.inputs, run, batch_size, H, len(quantiles))
         scale = np.concatenate([r.inputs["target_scale"], w.inputs["target_scale"]])
@@ -241,7 +242,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if not isinstance(replay, int) or isinstance(replay, bool):
         raise ValueError(f"replay must be a whole number of past origins per series, got {replay!r}")
     if replay:
-        check_replay(replay, calibration)  # before any work is done
+        check_replay(calibration, replay)  # before any work is done
     windows = table_windows(read_table(cfg.input), pp, replay)
     table = forecast_table(windows, pp, quantiles, run, cfg.batch_size, calibration)
     if cfg.output:
