@@ -115,7 +115,7 @@ def table_windows(df: pd.DataFrame, pp: Preprocessor, replay: int = 0) -> Window
                 f"({pd.Timestamp(int(times[first[i] + d - 1]), unit='ns')}) need rows with the known inputs "
                 f"{known}; the table has {have}")
 
-        def window(t: int) -> tuple[np.ndarray, ...]:  # the one whose first forecast step is t
+        def window(t: int, i: int = i, key: str = key) -> tuple[np.ndarray, ...]:  # first forecast step t
             lo = max(0, t - L)
             return assemble_window(
                 pp, key, enc.static_cat[i], enc.static_real[i], enc.cat[i, lo:t], enc.real[i, lo:t],
