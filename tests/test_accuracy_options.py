@@ -41,12 +41,15 @@ def test_linear_skip_starts_from_the_last_observed_value():
 
 def test_linear_skip_and_encoder_normalizer_export_with_parity(tmp_path):
     cfg = compose_config("train.yaml", tmp_path, TINY + ["model.linear_skip=24", "data.target_normalizer=encoder",
-                                                          "export=true", "calibration=conformal"])
+                                                          "export=true", "calibration=adaptive"])
     metrics = train(cfg)  # export_bundle raises when onnxruntime and PyTorch disagree
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert meta["parity"]["max_rel_diff"] <= 1e-4
     assert meta["schema"]["target_normalizer"] == "encoder"
-    assert metrics["calibration"]["method"] == "conformal"
+    assert metrics["calibration"]["method"] == "adaptive"
+    # the bundle carries what training fitted: the offsets the server applies and the tracking step
+    assert meta["calibration"]["offsets"] == metrics["calibration"]["offsets"]
+    assert len(meta["calibration"]["step"]) == meta["max_prediction_length"]
 
 
 def test_lstsq_skip_is_nlinear_on_etth1(tmp_path):
