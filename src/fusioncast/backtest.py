@@ -36,7 +36,15 @@ def window_times(dm: TimeSeriesDataModule, series: np.ndarray, starts: np.ndarra
 
 
 def select_origins(dm: TimeSeriesDataModule, n: int, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(series, decoder_start, origin) of the windows at `n` evenly spaced origins of a split.
+    """(series, decoder_start, origin) of the windows at `n` evenly spaced origins of a split."""
+    series, starts = dm.windows(split)
+    keep, times = origin_mask(dm, n, split)
+    return series[keep], starts[keep], times[keep]
+
+
+def origin_mask(dm: TimeSeriesDataModule, n: int, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Which of the split's windows (dm.windows order) start at one of `n` evenly spaced origins, and
+    every window's origin time.
 
     The candidate origins are the first decoder steps of the split's windows (stride 1); fewer than
     `n` origins come back when the split has fewer.
@@ -47,8 +55,7 @@ def select_origins(dm: TimeSeriesDataModule, n: int, split: str = "test") -> tup
     times = window_times(dm, series, starts)
     candidates = np.unique(times)
     pick = candidates[np.unique(np.linspace(0, len(candidates) - 1, max(1, min(n, len(candidates)))).round().astype(int))]
-    keep = np.isin(times, pick)
-    return series[keep], starts[keep], times[keep]
+    return np.isin(times, pick), times
 
 
 def backtest(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: str = "test",
@@ -56,20 +63,18 @@ def backtest(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: s
     """backtest.json's content: metrics per origin and overall, the model's and the seasonal-naive's."""
     if split == "test" and dm.hparams.test_start is None:
         split = "val"  # no test split (e.g. the stallion tutorial protocol): backtest validation
-    series, starts, times = select_origins(dm, origins, split)
-    if calibration is not None and calibration.step is not None:
-        # adaptive: the offsets at an origin are tracked over every window of the split before it
-        all_series, all_starts = dm.windows(split)
-        p = predict_windows(module, BatchLoader(dm.tensors(module.device), all_series, all_starts, dm.eval_batch_size))
-        p["pred"] = calibration.track(calibration.apply(p["pred"], p["scale"]), p["target"], p["mask"], p["scale"],
-                                      p["series"], p["decoder_start"])
-        index = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(p["series"], p["decoder_start"]))}
-        keep = np.array([index[(int(a), int(b))] for a, b in zip(series, starts)], np.int64)
+    series, starts = dm.windows(split)
+    keep, times = origin_mask(dm, origins, split)
+    times = times[keep]
+    tracked = calibration is not None and calibration.step is not None
+    if not tracked:  # only the origins' windows are needed
+        series, starts = series[keep], starts[keep]
+    p = predict_windows(module, BatchLoader(dm.tensors(module.device), series, starts, dm.eval_batch_size))
+    if calibration is not None:
+        p["pred"] = calibration.apply(p["pred"], p["scale"])
+    if tracked:  # adaptive: the offsets at an origin are tracked over every window of the split before it
+        p["pred"] = calibration.track(p["pred"], p["target"], p["mask"], p["scale"], p["series"], p["decoder_start"])
         p = {k: v[keep] for k, v in p.items()}
-    else:
-        p = predict_windows(module, BatchLoader(dm.tensors(module.device), series, starts, dm.eval_batch_size))
-        if calibration is not None:
-            p["pred"] = calibration.apply(p["pred"], p["scale"])
     quantiles = list(module.hparams.quantiles)
     per_origin = []
     for t in np.unique(times):

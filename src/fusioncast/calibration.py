@@ -53,23 +53,15 @@ class Calibration:
         N, H, Q = pred.shape
         m = mask.astype(bool)
         resid = (target[..., None].astype(np.float64) - pred) / _scale(scale)[:, None, None]  # (N, H, Q)
-        pooled = _offsets(resid[m], quantiles)  # (Q,)
-        offsets = np.tile(pooled, (H, 1))
-        if per_horizon:
-            for h in range(H):
-                if m[:, h].sum() >= 10:  # too few points give a noisy quantile: keep the pooled one
-                    offsets[h] = _offsets(resid[:, h][m[:, h]], quantiles)
+        offsets = _per_step(resid, m, lambda r: _offsets(r, quantiles), per_horizon)  # (H, Q)
         if not adjust_median:
-            offsets[:, [i for i, q in enumerate(quantiles) if abs(q - 0.5) < 1e-9]] = 0.0
+            offsets[:, _is_median(quantiles)] = 0.0
         fitted_on = {"windows": int(N), "points": int(m.sum()), "per_horizon": bool(per_horizon),
                      "adjust_median": bool(adjust_median)}
         steps = None
         if method == "adaptive":
             median = resid[..., int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))]  # (N, H)
-            steps = np.full(H, _spread(median[m]))
-            for h in range(H):
-                if m[:, h].sum() >= 10:
-                    steps[h] = _spread(median[:, h][m[:, h]])
+            steps = _per_step(median, m, _spread)  # (H,)
             # step h's actual arrives h + 1 steps late: online gradient descent with delay d wants a
             # step ~ 1/sqrt(d) (Joulani et al. 2013); a constant one winds up on long horizons
             steps *= float(step) / np.sqrt(np.arange(1, H + 1))
@@ -81,8 +73,7 @@ class Calibration:
         (N,) or (N, 2) as (center, scale). Quantiles stay ordered (offsets could cross them)."""
         if pred.shape[-1] != len(self.quantiles) or pred.shape[-2] != self.offsets.shape[0]:
             raise ValueError(f"calibration fitted for (H, Q) = {self.offsets.shape}, forecasts are {pred.shape[1:]}")
-        scale = np.asarray(target_scale)
-        scale = _scale(scale[:, 1] if scale.ndim == 2 else scale)
+        scale = _window_scale(target_scale)
         out = pred + (self.offsets[None] * scale[:, None, None]).astype(pred.dtype)
         return np.sort(out, axis=-1)
 
@@ -100,9 +91,9 @@ class Calibration:
         if self.step is None:
             raise ValueError(f"calibration method {self.method!r} does not track; fit it with method='adaptive'")
         N, H, Q = pred.shape
-        scale = _scale(np.asarray(target_scale)[:, 1] if np.ndim(target_scale) == 2 else target_scale)
+        scale = _window_scale(target_scale)
         q = np.asarray(self.quantiles, np.float64)
-        median = np.abs(q - 0.5) < 1e-9
+        median = _is_median(self.quantiles)
         frozen = np.zeros(Q, bool) if self.fitted_on.get("adjust_median") else median
         eta = self.step[:, None] * np.where(frozen, 0.0, 1.0)[None]  # (H, Q)
         resid = (target[..., None] - pred) / scale[:, None, None]     # (N, H, Q): below iff resid <= offset
@@ -175,6 +166,28 @@ def _offsets(resid: np.ndarray, quantiles: list[float]) -> np.ndarray:
         level = min(1.0, q * (n + 1) / n) if q > 0.5 else max(0.0, (q * (n + 1) - 1) / n) if q < 0.5 else 0.5
         out[i] = np.quantile(resid[:, i], level)
     return out
+
+
+def _per_step(values: np.ndarray, mask: np.ndarray, stat, per_horizon: bool = True) -> np.ndarray:
+    """`stat` of the observed values (N, H, ...) per horizon step, (H, ...): pooled over all steps, and
+    per step (with per_horizon) where it has 10 points or more (fewer give a noisy quantile)."""
+    H = mask.shape[1]
+    out = np.repeat(np.asarray(stat(values[mask]), np.float64)[None], H, axis=0)
+    if per_horizon:
+        for h in range(H):
+            if mask[:, h].sum() >= 10:
+                out[h] = stat(values[:, h][mask[:, h]])
+    return out
+
+
+def _is_median(quantiles: list[float]) -> np.ndarray:
+    return np.abs(np.asarray(quantiles, np.float64) - 0.5) < 1e-9
+
+
+def _window_scale(target_scale: np.ndarray) -> np.ndarray:
+    """Each window's target scale from (N,) scales or (N, 2) (center, scale) pairs, floored."""
+    scale = np.asarray(target_scale)
+    return _scale(scale[:, 1] if scale.ndim == 2 else scale)
 
 
 def _spread(resid: np.ndarray) -> float:
