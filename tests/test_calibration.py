@@ -105,10 +105,36 @@ def test_adaptive_follows_a_shift_that_fixed_offsets_miss(after):
         Calibration.fit(*fit_set, Q).track(static, shifted[1], shifted[2], shifted[3], *in_time_order(2000, 2))
 
 
-def test_adaptive_uses_only_actuals_observed_before_each_window():
+def test_shared_width_carries_a_calmer_period_from_the_short_steps_to_the_long_ones():
+    # 48 steps: step h's own actuals arrive h + 1 windows late and its per-step offset moves slowly, so
+    # after a shift (here: errors halve at every step) the far steps stay too wide for long
+    H, n = 48, 400
+    fit_set = forecasts(3000, H, 1.0, 1.0, seed=11)
+    calm = forecasts(2 * n, H, 0.5, 1.0, seed=12)
+    order = in_time_order(n, 2)
+    far = np.s_[:, H // 2:]
+    per_step = Calibration.fit(*fit_set, Q, method="adaptive", step=0.01)
+    shared = Calibration.fit(*fit_set, Q, method="adaptive", step=0.01, width_step=0.05)
+    static = per_step.apply(calm[0], calm[3])
+    assert np.array_equal(static, shared.apply(calm[0], calm[3]))  # the fitted offsets are the same
+    alone = per_step.track(static, calm[1], calm[2], calm[3], *order)
+    both = shared.track(static, calm[1], calm[2], calm[3], *order)
+    gap_alone = abs(coverage(alone[far], calm[1][far]) - 0.8)
+    gap_both = abs(coverage(both[far], calm[1][far]) - 0.8)
+    assert gap_alone > 0.08 and gap_both < gap_alone / 2
+    assert np.array_equal(both[..., 1], static[..., 1]) and (np.diff(both, axis=-1) >= 0).all()
+    again = Calibration.from_dict(shared.to_dict())
+    assert again.width_step == 0.05 and np.array_equal(again.track(static, calm[1], calm[2], calm[3], *order), both)
+    for bad in (-0.1, "fast", float("nan")):
+        with pytest.raises(ValueError, match="calibration.width_step"):
+            Calibration.fit(*fit_set, Q, method="adaptive", width_step=bad)
+
+
+@pytest.mark.parametrize("width_step", [0.0, 0.05])
+def test_adaptive_uses_only_actuals_observed_before_each_window(width_step):
     H, n = 5, 300
     pred, y, mask, scale = forecasts(n, H, 1.0, 0.5, seed=8)
-    cal = Calibration.fit(pred, y, mask, scale, Q, method="adaptive", step=0.05)
+    cal = Calibration.fit(pred, y, mask, scale, Q, method="adaptive", step=0.05, width_step=width_step)
     series, starts = in_time_order(n)
     base = cal.track(pred, y, mask, scale, series, starts)
     h = 3  # the actual of window k's step 3 is at time k + 3: windows starting at k + 4 on may see it

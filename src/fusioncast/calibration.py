@@ -18,6 +18,13 @@ is known only h + 1 steps after the window starts, so a window's offsets use onl
 before it (Calibration.track has the details). Hand-written: MAPIE's time-series ACI refits a
 regressor per update and knows neither quantile models nor delayed multi-step feedback. The server
 has no actuals to learn from and applies the fitted offsets.
+
+The per-step offsets of far horizon steps learn slowly: their actuals arrive up to H steps late and
+their step is small. With `width_step` > 0 the tracker also learns one width factor per quantile,
+shared by all horizon steps, from every actual as it arrives: each quantile's distance from the
+median is scaled by exp(λ_q), λ_q ← λ_q + width_step · mean(sign(q − 0.5) (q − 1[y ≤ ŷ_q])) over the
+residuals newly known. A calmer (or wilder) period shows first in the short steps' residuals, and
+the shared factor carries it to the long ones before their own actuals arrive.
 """
 
 from __future__ import annotations
@@ -32,24 +39,32 @@ METHODS = ("none", "conformal", "adaptive")
 @dataclass
 class Calibration:
     """Additive offsets (H, Q) in units of the target scale, one per horizon step and quantile; for
-    method adaptive also the tracking step (H,) in the same units."""
+    method adaptive also the tracking step (H,) in the same units and the width factor's step
+    `width_step` (in log units; 0 tracks the offsets alone)."""
 
     quantiles: list[float]
     offsets: np.ndarray
     method: str = "conformal"
     fitted_on: dict = field(default_factory=dict)
     step: np.ndarray | None = None
+    width_step: float = 0.0
 
     @classmethod
     def fit(cls, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, scale: np.ndarray, quantiles: list[float],
             per_horizon: bool = True, adjust_median: bool = False, method: str = "conformal",
-            step: float = 0.01) -> "Calibration":
+            step: float = 0.01, width_step: float = 0.0) -> "Calibration":
         """Fit on forecasts pred (N, H, Q) of actuals target/mask (N, H), with the target scale (N,) of each
         window's series. A horizon step with no observed actual gets the offsets pooled over all steps.
         Method adaptive adds the tracking step: `step` / sqrt(h + 1) times the P10–P90 spread of the median's
-        residuals at step h."""
+        residuals at step h, and the shared width factor's step `width_step`."""
         if method not in ("conformal", "adaptive"):
             raise ValueError(f"calibration method must be one of {METHODS[1:]}, got {method!r}")
+        try:
+            ok = float(width_step) >= 0 and np.isfinite(float(width_step))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"calibration.width_step must be a number >= 0, got {width_step!r}")
         N, H, Q = pred.shape
         m = mask.astype(bool)
         resid = (target[..., None].astype(np.float64) - pred) / _scale(scale)[:, None, None]  # (N, H, Q)
@@ -66,7 +81,8 @@ class Calibration:
             # step ~ 1/sqrt(d) (Joulani et al. 2013); a constant one winds up on long horizons
             steps *= float(step) / np.sqrt(np.arange(1, H + 1))
             fitted_on["step"] = float(step)
-        return cls([float(q) for q in quantiles], offsets, method, fitted_on, steps)
+        return cls([float(q) for q in quantiles], offsets, method, fitted_on, steps,
+                   float(width_step) if method == "adaptive" else 0.0)
 
     def apply(self, pred: np.ndarray, target_scale: np.ndarray) -> np.ndarray:
         """Calibrated quantiles (N, H, Q) from pred (N, H, Q) in target units and the windows' target scale,
@@ -84,10 +100,12 @@ class Calibration:
 
         The actual of step h of the window starting at t is known from t + h + 1 on; then the offset of
         (h, q) takes one step of stochastic gradient descent on that residual's pinball loss, at its
-        current value: offset += η (q − 1[residual ≤ offset]). Judging the late residual by the offset
-        of now, not of its own forecast, keeps h-step-late feedback from piling up steps that later
-        windows have already made (the wind-up that makes the plain ACI loop overshoot on long horizons).
-        Quantiles do not cross the median (it is not tracked) and stay ordered."""
+        current value: offset += η (q − 1[y ≤ ŷ]). Judging the late residual by the forecast of now, not
+        of its own window, keeps h-step-late feedback from piling up steps that later windows have
+        already made (the wind-up that makes the plain ACI loop overshoot on long horizons). With
+        width_step > 0 the same residuals also move the shared width factors (module docstring):
+        ŷ = median + (pred − median) · exp(λ) + offset · scale. Quantiles do not cross the median (it
+        is not tracked) and stay ordered."""
         if self.step is None:
             raise ValueError(f"calibration method {self.method!r} does not track; fit it with method='adaptive'")
         N, H, Q = pred.shape
@@ -96,7 +114,12 @@ class Calibration:
         median = _is_median(self.quantiles)
         frozen = np.zeros(Q, bool) if self.fitted_on.get("adjust_median") else median
         eta = self.step[:, None] * np.where(frozen, 0.0, 1.0)[None]  # (H, Q)
-        resid = (target[..., None] - pred) / scale[:, None, None]     # (N, H, Q): below iff resid <= offset
+        # width factors act on the distance from the median (the quantiles' mean when there is none)
+        width_eta = self.width_step * np.sign(q - 0.5)             # (Q,): 0 for the median
+        center = pred[..., median][..., :1] if median.any() else pred.mean(axis=-1, keepdims=True)
+        center = center.astype(np.float64)
+        dist = pred - center                                         # (N, H, Q)
+        y = target.astype(np.float64)
         out = pred.astype(np.float64, copy=True)
         steps = np.arange(H)
         for s in np.unique(series):
@@ -105,17 +128,22 @@ class Calibration:
             t = decoder_start[rows] - decoder_start[rows].min()
             row_at = np.full(int(t.max()) + 1, -1)
             row_at[t] = rows
-            offsets, known = np.zeros((H, Q)), 0  # actuals known up to step `known` (exclusive)
+            offsets, log_width, known = np.zeros((H, Q)), np.zeros(Q), 0  # actuals known up to step `known`
             for j, tj in zip(rows, t):
                 for a in range(known, tj + 1):  # actuals at step a - 1: step h of the window at a - 1 - h
                     start = a - 1 - steps
-                    ok = start >= 0
-                    i = np.where(ok, row_at[start.clip(0)], -1)
+                    i = np.where(start >= 0, row_at[start.clip(0)], -1)
                     h, i = steps[i >= 0], i[i >= 0]
-                    seen = mask[i, h][:, None]
-                    offsets[h] += eta[h] * (q[None] - (resid[i, h] <= offsets[h])) * seen
+                    seen = mask[i, h]
+                    h, i = h[seen], i[seen]
+                    if len(i) == 0:
+                        continue
+                    now = center[i, h] + dist[i, h] * np.exp(log_width) + offsets[h] * scale[i][:, None]
+                    grad = q[None] - (y[i, h][:, None] <= now)  # (n, Q): pinball slope at the forecast of now
+                    offsets[h] += eta[h] * grad
+                    log_width += width_eta * grad.mean(axis=0)
                 known = max(known, tj + 1)
-                out[j] += offsets * scale[j]
+                out[j] = center[j] + dist[j] * np.exp(log_width) + offsets * scale[j]
         if median.any() and not self.fitted_on.get("adjust_median"):
             m = out[..., median][..., :1]
             out = np.where(q < 0.5, np.minimum(out, m), np.maximum(out, m))
@@ -126,6 +154,7 @@ class Calibration:
              "fitted_on": self.fitted_on}
         if self.step is not None:
             d["step"] = self.step.tolist()
+            d["width_step"] = self.width_step
         return d
 
     @classmethod
@@ -135,7 +164,7 @@ class Calibration:
             return None
         step = np.asarray(d["step"], np.float64) if d.get("step") is not None else None
         return cls(list(d["quantiles"]), np.asarray(d["offsets"], np.float64), d["method"], dict(d.get("fitted_on", {})),
-                   step)
+                   step, float(d.get("width_step", 0.0)))
 
 
 def cross_fit(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, scale: np.ndarray, quantiles: list[float],

@@ -69,7 +69,8 @@ def fit_calibration(module: TFTModule, dm: TimeSeriesDataModule, calibration: di
 
 def _fit_options(calibration: dict) -> dict:
     return {"per_horizon": calibration.get("per_horizon", True), "adjust_median": calibration.get("adjust_median", False),
-            "method": calibration["method"], "step": calibration.get("step", 0.01)}
+            "method": calibration["method"], "step": calibration.get("step", 0.01),
+            "width_step": calibration.get("width_step", 0.0)}
 
 
 def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "test"),
