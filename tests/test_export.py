@@ -168,3 +168,22 @@ def test_console_scripts_export_and_predict(real_bundle, tmp_path):
     forecasts = pd.read_csv(tmp_path / "forecasts.csv")
     assert list(forecasts.columns) == ["timestamp", "q0.1", "q0.5", "q0.9"]
     assert len(forecasts) == meta["max_prediction_length"]
+
+
+def test_elu_exports_as_vectorised_ops_with_the_same_values(tmp_path):
+    import onnxruntime as ort
+
+    from fusioncast.models.layers import elu
+
+    class Elu(torch.nn.Module):
+        def forward(self, x):
+            return elu(x)
+
+    path = tmp_path / "elu.onnx"
+    x = torch.cat([torch.linspace(-30, 30, 4001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, -1e-7, 88.0])]).reshape(1, -1)
+    torch.onnx.export(Elu(), (x,), str(path), dynamo=True, external_data=False)
+    assert "Elu" not in {n.op_type for n in onnx.load(str(path)).graph.node}  # onnxruntime's Elu is the slow one
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    want = torch.nn.functional.elu(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert torch.equal(elu(x), torch.nn.functional.elu(x))  # eager: the fused kernel itself

@@ -30,6 +30,16 @@ class Dropout(nn.Dropout):
         return x * keep
 
 
+def elu(x: Tensor) -> Tensor:
+    """F.elu; in an ONNX export written as max(x, exp(min(x, 0)) - 1), the same function (e^x - 1 >= x
+    with equality at 0). onnxruntime's CPU Elu kernel is not vectorised: on a (64, 42, 64) input it
+    took 238 us against 114 us for these four ops (34.6 against 15.4 us at (8, 42, 64)). Eager
+    PyTorch keeps the single fused kernel."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.maximum(x, torch.exp(x.clamp(max=0.0)) - 1.0)
+    return F.elu(x)
+
+
 class VarLinear(nn.Module):
     """Independent linear maps, one per variable, variable-major: (V, N, in) -> (V, N, out).
 
@@ -117,7 +127,7 @@ class GatedResidualNetwork(nn.Module):
             h, skip = both.split([fc1.out_features, sk.out_features], dim=-1)
         if self.context is not None:
             h = h + self.context(context)
-        return self.gate(self.fc2(F.elu(h)), skip)
+        return self.gate(self.fc2(elu(h)), skip)
 
 
 class VariableGRNs(nn.Module):
@@ -138,7 +148,7 @@ class VariableGRNs(nn.Module):
         self.norm = VarLayerNorm(num_vars, size, norm_affine)
 
     def forward(self, x: Tensor, variables: slice = slice(None)) -> Tensor:
-        h = self.fc2(F.elu(self.fc1(x, variables)), variables)
+        h = self.fc2(elu(self.fc1(x, variables)), variables)
         value, gate = self.glu(self.dropout(h), variables).chunk(2, dim=-1)
         return self.norm(torch.addcmul(x, value, gate.sigmoid()), variables)
 
