@@ -19,7 +19,7 @@ from fusioncast.predict import table_windows
 from fusioncast.serve.calendar import calendar_values
 from fusioncast.serve.requests import RequestError, RequestParser, series_payload
 from tests.conftest import needs_shared
-from tests.serve.cases import CASES, bodies
+from tests.serve.cases import CASES, bodies, random_bodies
 
 SYNTH = Schema(
     time_col="timestamp", target="pickups", group_ids=["zone"], static_categoricals=["zone", "borough"],
@@ -153,6 +153,24 @@ def test_client_mistakes_are_named(synthetic, synthetic_request, case):
     if status == 422 and case not in ("no series", "empty series", "unknown top-level field",
                                       "interpretation not a bool"):
         assert e.value.series is not None and "series" in str(e.value)
+
+
+def test_random_mutations_get_a_4xx_or_finite_model_inputs(synthetic, synthetic_request):
+    _, pp = synthetic
+    parser, answered = RequestParser(pp), {200: 0, 400: 0, 422: 0}
+    for body in random_bodies(synthetic_request, 1500, seed=0):
+        try:
+            parsed = parser.parse(body)
+        except RequestError as e:  # anything else escaping the parser would be a bug (the server's 422 fallback)
+            assert e.status in (400, 413, 422) and str(e), body[:300]
+            answered[e.status] += 1
+            continue
+        answered[200] += 1
+        n = len(orjson.loads(body)["series"])
+        assert len(parsed.ids) == len(parsed.times) == len(parsed.warnings) == n
+        for name, a in parsed.inputs.items():
+            assert len(a) == n and (a.dtype.kind != "f" or np.isfinite(a).all()), (name, body[:300])
+    assert min(answered.values()) > 50, answered  # the fuzz reaches every kind of answer
 
 
 def test_static_and_id_mistakes(synthetic, synthetic_request):
