@@ -141,6 +141,12 @@ def test_bad_input_gets_4xx_naming_series_and_field(server, example):
     assert r.status_code == 413, r.text
     r = server.post(orjson.dumps({"series": example["series"] * 51}))
     assert r.status_code == 413 and "at most 50" in r.json()["detail"]
+    # a chunked body (no Content-Length) is counted as it arrives, and otherwise answered alike
+    body = orjson.dumps(example)
+    chunked = server.post((body[i:i + 1000] for i in range(0, len(body), 1000)))
+    assert chunked.status_code == 200 and chunked.content == server.post(body).content
+    r = server.post((b" " * 100_000 for _ in range(21)))
+    assert r.status_code == 413 and "exceeds 2000000 bytes" in r.json()["detail"]
     # an unknown category and an unseen series are answered, with warnings naming them
     s = json.loads(json.dumps(example["series"][0]))
     s["id"] = {"agency": "Agency_99", "sku": "SKU_01"}
