@@ -175,6 +175,17 @@ def test_random_mutations_never_get_a_500(server, example):
     assert "unreadable request" not in server.log.read_text()
 
 
+def test_a_client_leaving_mid_body_leaves_the_server_serving(server, example):
+    body = orjson.dumps(example)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/forecast HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])
+        # closed half way: nothing to answer; the next client is served as usual
+        assert server.post(body).status_code == 200
+    assert "Traceback" not in server.log.read_text() and 'status="500"' not in httpx.get(f"{server.url}/metrics").text
+
+
 async def _burst(url: str, body: bytes, n: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
