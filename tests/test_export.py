@@ -179,11 +179,13 @@ def test_elu_exports_as_vectorised_ops_with_the_same_values(tmp_path):
         def forward(self, x):
             return elu(x)
 
-    path = tmp_path / "elu.onnx"
-    x = torch.cat([torch.linspace(-30, 30, 4001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, -1e-7, 88.0])]).reshape(1, -1)
-    torch.onnx.export(Elu(), (x,), str(path), dynamo=True, external_data=False)
-    assert "Elu" not in {n.op_type for n in onnx.load(str(path)).graph.node}  # onnxruntime's Elu is the slow one
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
-    want = torch.nn.functional.elu(x).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert torch.equal(elu(x), torch.nn.functional.elu(x))  # eager: the fused kernel itself
+    values = torch.cat([torch.linspace(-30, 30, 4001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, -1e-7, 88.0])])
+    for x, fused in ((values.reshape(1, 1, -1), False), (values.reshape(1, -1), True)):
+        path = tmp_path / f"elu{x.dim()}.onnx"
+        torch.onnx.export(Elu(), (x,), str(path), dynamo=True, external_data=False)
+        # onnxruntime's Elu is the slow one; only 2-D inputs (Gemm outputs, fused with it) keep it
+        assert ("Elu" in {n.op_type for n in onnx.load(str(path)).graph.node}) == fused
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+        want = torch.nn.functional.elu(x).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert torch.equal(elu(x), torch.nn.functional.elu(x))  # eager: the fused kernel itself
