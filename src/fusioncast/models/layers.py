@@ -202,11 +202,7 @@ class VariableSelectionNetwork(nn.Module):
             weighted = self._weighted_for_export(transformed, flat_weights, codes, vocab, k, e)
         else:
             if k:
-                table = self.var_grns(vocab, slice(0, k))  # (k, C, e): every category of each variable
-                rows = codes.reshape(-1, k).T + torch.arange(k, device=codes.device).unsqueeze(1) * vocab.shape[1]
-                # index_select: its CPU backward is deterministic (indexing's is not) and 3x cheaper than embedding's
-                picked = table.reshape(-1, e).index_select(0, rows.reshape(-1)).reshape(k, -1, e)
-                transformed = torch.cat([picked, transformed])  # (V, N, e)
+                transformed = torch.cat([self._categorical_outputs(codes, vocab, k, e), transformed])  # (V, N, e)
             # weights first in the product: the result comes out token-major (N, V, e), contiguous, as the
             # projection's (N, V e) x (V e, d) matmul wants it (no separate transpose copy)
             weighted = flat_weights.unsqueeze(-1) * transformed.transpose(0, 1)
@@ -215,6 +211,17 @@ class VariableSelectionNetwork(nn.Module):
         else:
             mixed = weighted.flatten(1) @ self.project.weight.flatten(0, 1) + flat_weights @ self.project.bias
         return mixed.reshape(*lead, -1), weights
+
+    def _categorical_outputs(self, codes: Tensor, vocab: Tensor, k: int, e: int, token_major: bool = False) -> Tensor:
+        """The first k variables' GRN outputs, gathered from their per-category table: (k, N, e), or
+        (N, k, e) with `token_major`."""
+        table = self.var_grns(vocab, slice(0, k))  # (k, C, e): every category of each variable
+        rows = codes.reshape(-1, k) + torch.arange(k, device=codes.device) * vocab.shape[1]  # (N, k)
+        if not token_major:
+            rows = rows.T
+        # index_select: its CPU backward is deterministic (indexing's is not) and 3x cheaper than embedding's
+        picked = table.reshape(-1, e).index_select(0, rows.reshape(-1))
+        return picked.reshape(-1, k, e) if token_major else picked.reshape(k, -1, e)
 
     def _weighted_for_export(self, transformed: Tensor, flat_weights: Tensor, codes: Tensor | None,
                              vocab: Tensor | None, k: int, e: int) -> Tensor:
@@ -226,9 +233,7 @@ class VariableSelectionNetwork(nn.Module):
         n, num_vars = flat_weights.shape
         parts = [transformed.transpose(0, 1)]  # (N, V - k, e)
         if k:
-            table = self.var_grns(vocab, slice(0, k))  # (k, C, e)
-            rows = codes.reshape(-1, k) + torch.arange(k, device=codes.device) * vocab.shape[1]  # (N, k)
-            parts.insert(0, table.reshape(-1, e).index_select(0, rows.reshape(-1)).reshape(n, k, e))
+            parts.insert(0, self._categorical_outputs(codes, vocab, k, e, token_major=True))
         embedded = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         repeat = torch.eye(num_vars, dtype=flat_weights.dtype, device=flat_weights.device).repeat_interleave(e, dim=1)
         return (embedded.reshape(n, num_vars * e) * (flat_weights @ repeat)).reshape(n, num_vars, e)
