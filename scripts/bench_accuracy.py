@@ -77,8 +77,11 @@ def run_ours(experiment: str, out: Path, overrides: list[str]) -> dict:
     seconds = time.perf_counter() - t0
     module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
     split = "test" if "test" in metrics else "val"
+    # a seed ensemble: each member's own forecasts too (reported next to the average, never chosen on)
+    members = [predict_split(load_checkpoint(m["checkpoint"], device="cpu")[0], dm, split)
+               for m in metrics.get("ensemble", {}).get("members", [])]
     return {"metrics": metrics, "split": split, "pred": predict_split(module, dm, split), "dm": dm,
-            "seconds": seconds, "cfg": cfg}
+            "seconds": seconds, "cfg": cfg, "members": members}
 
 
 # ---- pytorch-forecasting's TFT ------------------------------------------------------------------------
@@ -257,7 +260,10 @@ def table(rows: list[dict]) -> str:
         if r.get("last_value"):
             naive += f" (last value {fmt(r['kind'], r['last_value'])})"
         pf = fmt(r["kind"], r["pf"]) if r.get("pf") else r.get("pf_note", "—")
-        lines.append(f"| {r['name']} | {r['metric']} | **{fmt(r['kind'], r['ours'])}** | {cov} | {pf} | {naive} | "
+        ours = f"**{fmt(r['kind'], r['ours'])}**"
+        if r.get("members"):  # a seed ensemble: each member alone (the median, which calibration leaves as it is)
+            ours += f" ({len(r['members'])} seeds; alone {' / '.join(fmt(r['kind'], x) for x in r['members'])})"
+        lines.append(f"| {r['name']} | {r['metric']} | {ours} | {cov} | {pf} | {naive} | "
                      f"{r['published']} | {r.get('budget', '')} |")
     return "\n".join(lines)
 
@@ -322,6 +328,8 @@ def main() -> None:
                "coverage_static": m.get("conformal_static", {}).get(split, {}).get("coverage_p10_p90"),
                "published": published(kind, horizon, covariates), "metrics": m,
                "budget": budget(args.quick, overrides)}
+        if run["members"]:
+            row["members"] = [protocol_metrics(kind, mp) for mp in run["members"]]
         if kind == "stallion":
             row["last_value"] = protocol_metrics(kind, naive_forecasts(p, 1))
         pf_ok = not args.no_pf and (kind != "etth1" or horizon <= args.pf_max_horizon)

@@ -88,7 +88,8 @@ def wandb_logger(project: str = "fusioncast", entity: str | None = None, name: s
 
 
 def summary_metrics(metrics: dict) -> dict[str, float]:
-    """Flat `split/metric` and `baseline/split/metric` entries of metrics.json for the run summary."""
+    """Flat `split/metric`, `baseline/split/metric` (and, for a seed ensemble, `ensemble/seed_<seed>/val/metric`)
+    entries of metrics.json for the run summary."""
     out: dict[str, float] = {}
     for split in ("val", "test"):
         for k, v in metrics.get(split, {}).items():
@@ -98,6 +99,9 @@ def summary_metrics(metrics: dict) -> dict[str, float]:
     for k in ("train_samples_per_sec", "seasonal_period"):
         if k in metrics:
             out[k] = metrics[k]
+    for member in metrics.get("ensemble", {}).get("members", []):  # a seed ensemble: each member alone
+        for k, v in member["val"].items():
+            out[f"ensemble/seed_{member['seed']}/val/{k}"] = v
     return out
 
 

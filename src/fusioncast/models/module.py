@@ -10,6 +10,7 @@ from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
 from fusioncast.data.windows import Batch
+from fusioncast.models.ensemble import TFTEnsemble
 from fusioncast.models.tft import TemporalFusionTransformer
 
 
@@ -35,6 +36,8 @@ class TFTModule(L.LightningModule):
     batch the lr was tuned for: large GPU batches keep training at a matched step size.
     ``shrink_correction`` (with a linear skip): after the fit, `fusioncast-train` scales the TFT's
     correction of the skip by factors chosen on validation (fusioncast/shrinkage.py).
+    ``ensemble_size`` > 1 makes the network a TFTEnsemble of that many such TFTs, whose forecasts are
+    averaged; it is assembled from separately trained members (fusioncast/ensemble.py), never fit as one.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class TFTModule(L.LightningModule):
         loss_weighting: str = "series",
         linear_skip_fit: str = "train",
         shrink_correction: bool = False,
+        ensemble_size: int = 1,
     ):
         super().__init__()
         if lr_batch_scaling not in (None, "sqrt", "linear"):
@@ -64,12 +68,18 @@ class TFTModule(L.LightningModule):
             raise ValueError(f"loss_weighting must be series or raw, got {loss_weighting!r}")
         if linear_skip_fit not in ("train", "lstsq"):
             raise ValueError(f"linear_skip_fit must be train or lstsq, got {linear_skip_fit!r}")
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size!r}")
         self.save_hyperparameters(logger=False)
-        self.net = TemporalFusionTransformer(
-            **data_kwargs, quantiles=list(quantiles), hidden_size=hidden_size,
-            attention_heads=attention_heads, dropout=dropout, lstm_layers=lstm_layers, variable_size=variable_size,
-            linear_skip=linear_skip,
-        )
+
+        def tft() -> TemporalFusionTransformer:
+            return TemporalFusionTransformer(
+                **data_kwargs, quantiles=list(quantiles), hidden_size=hidden_size,
+                attention_heads=attention_heads, dropout=dropout, lstm_layers=lstm_layers,
+                variable_size=variable_size, linear_skip=linear_skip,
+            )
+
+        self.net = tft() if ensemble_size == 1 else TFTEnsemble([tft() for _ in range(ensemble_size)])
         self.register_buffer("quantiles", torch.tensor(list(quantiles), dtype=torch.float32), persistent=False)
         self.median = min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))
 
@@ -77,6 +87,9 @@ class TFTModule(L.LightningModule):
         return self.net(*inputs, return_interpretation=return_interpretation)
 
     def on_fit_start(self) -> None:
+        if isinstance(self.net, TFTEnsemble):
+            raise RuntimeError("an ensemble is trained member by member (fusioncast-train ensemble.seeds=[...]), "
+                               "not fit as one model")
         # training always sees the whole correction (a checkpoint may hold factors shrunk after an earlier fit)
         self.net.correction_scale.fill_(1.0)
         # linear_skip_fit=lstsq: the skip is solved in closed form once (not when resuming) and kept fixed
