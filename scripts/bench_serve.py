@@ -19,10 +19,16 @@ per stallion series (the 36 months before 2017-06 and the 6 known future months)
    open-loop mode (wrk2's -R), so a connection waits for its answer before its next delay: the
    achieved rate is reported next to the offered one, and a run counts as sustained when it
    reaches 93 % of the offered rate with no error.
-3. Throughput: rates raised step by step until two runs in a row miss p99 <= 10 ms or their rate;
-   the highest sustained forecasts/s with p99 <= 10 ms, for single-series requests micro-batched by
-   the server, without micro-batching (--max-batch-size 1), with 2 worker processes, and with 8
-   series per request (--series-per-request), by one worker and by 2.
+3. Throughput, two ways, for single-series requests micro-batched by the server, without
+   micro-batching (--max-batch-size 1), with 2 worker processes, and with 8 series per request
+   (--series-per-request), by one worker and by 2:
+   - paced: offered rates raised step by step until two runs in a row miss p99 <= 10 ms or their
+     rate; the highest sustained forecasts/s with p99 <= 10 ms. Arrivals are random, so bursts come
+     (the Poisson-like load of many independent clients).
+   - closed loop (wrk's own mode): N connections, each sending its next request as soon as its last
+     is answered, N = 1, 2, 4, ... until two runs in a row miss p99 <= 10 ms; the highest forecasts/s
+     with p99 <= 10 ms (the load of N clients that wait for their answers, a pipeline's or a
+     batch job's; no bursts beyond N requests in flight).
 
 Every throughput run also reports the server's CPU time per forecast (user + system seconds of its
 processes during the run, from /proc, over the forecasts answered): unlike latencies, it changes
@@ -248,6 +254,26 @@ def sweep(srv: Server, bodies: Path, lua: Path, rates: list[float], duration: in
     return rows
 
 
+def closed_sweep(srv: Server, bodies: Path, lua: Path, connections: list[int], duration: int,
+                 series_per_request: int, label: str) -> list[dict]:
+    """Closed loop: N connections back to back, N raised until two runs in a row miss p99 <= 10 ms."""
+    rows, misses = [], 0
+    for c in connections:
+        cpu = srv.cpu_seconds()
+        r = wrk(srv.url, bodies, lua, 0, c, duration)
+        r["server_cpu_ms_per_forecast"] = (srv.cpu_seconds() - cpu) * 1e3 / max(1, r["requests"] * series_per_request)
+        r.update(connections=c, series_per_request=series_per_request, setup=label,
+                 sustained=r["non2xx"] == 0 and r["socket_errors"] == 0, forecasts_per_s=r["achieved"] * series_per_request)
+        rows.append(r)
+        print(f"  {label}, closed loop: {c:3d} connections, {r['forecasts_per_s']:7.0f} forecasts/s, p50 {r['p50']:.2f} ms, "
+              f"p95 {r['p95']:.2f} ms, p99 {r['p99']:.2f} ms, server CPU {r['server_cpu_ms_per_forecast']:.2f} ms/forecast"
+              f"{'' if r['sustained'] else '  (errors)'}", flush=True)
+        misses = misses + 1 if r["p99"] > 10 or not r["sustained"] else 0
+        if misses == 2:
+            break
+    return rows
+
+
 def pace_connections(rate: float) -> int:
     """Connections for an offered rate: each waits ~200 ms on average between its requests, so that
     waiting for an answer (up to 10 ms) shortens its cycle by at most 5 %, under the 7 % that a
@@ -278,6 +304,8 @@ def main() -> None:
     p.add_argument("--single-rates", default="200,400,600,800,1000,1250,1500,2000,2500,3000,3500,4000,5000")
     p.add_argument("--multi-rates", default="25,50,75,100,150,200,250,300,400,500")
     p.add_argument("--series-per-request", type=int, default=8, help="for the multi-series throughput run")
+    p.add_argument("--closed-connections", default="1,2,4,8,16,32,64",
+                   help="connections for the closed-loop throughput runs (empty: skip them)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     args = p.parse_args()
     os.environ.setdefault("FUSIONCAST_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -323,6 +351,10 @@ def main() -> None:
                               f"p95 {r['p95']:.2f} ms, p99 {r['p99']:.2f} ms", flush=True)
                 rows = sweep(srv, bodies, lua, rate_list, args.duration, per, label)
                 results.setdefault("throughput", {})[label] = {"runs": rows, "best": best(rows)}
+                if args.closed_connections:
+                    closed = closed_sweep(srv, bodies, lua, [int(c) for c in args.closed_connections.split(",")],
+                                          args.duration, per, label)
+                    results.setdefault("closed_loop", {})[label] = {"runs": closed, "best": best(closed)}
             finally:
                 srv.stop()
     results["load_average_end"] = os.getloadavg()
@@ -356,6 +388,16 @@ def print_tables(results: dict) -> None:
             ok = "-" if b is None else f"{b['forecasts_per_s']:.0f}/s, {b['p50']:.2f} ms, {b['p99']:.2f} ms"
             print(f"| {label} | {ok} | {top['forecasts_per_s']:.0f}/s, {top['p50']:.2f} ms, {top['p99']:.2f} ms | "
                   f"{top['server_cpu_ms_per_forecast']:.2f} ms |")
+    if "closed_loop" in results:
+        print("\n| throughput, closed loop | highest with p99 <= 10 ms (forecasts/s, connections, p50, p99) | "
+              "server CPU per forecast there | highest achieved (forecasts/s, connections, p99) |")
+        print("| --- | ---: | ---: | ---: |")
+        for label, t in results["closed_loop"].items():
+            b, top = t["best"], max(t["runs"], key=lambda r: r["forecasts_per_s"])
+            ok = "-" if b is None else (f"{b['forecasts_per_s']:.0f}/s, {b['connections']}, {b['p50']:.2f} ms, "
+                                        f"{b['p99']:.2f} ms")
+            cpu = "-" if b is None else f"{b['server_cpu_ms_per_forecast']:.2f} ms"
+            print(f"| {label} | {ok} | {cpu} | {top['forecasts_per_s']:.0f}/s, {top['connections']}, {top['p99']:.2f} ms |")
 
 
 if __name__ == "__main__":
