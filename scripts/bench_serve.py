@@ -231,47 +231,59 @@ def wrk(url: str, bodies: Path, lua: Path, rate: float, connections: int, durati
     return r
 
 
-def sweep(srv: Server, bodies: Path, lua: Path, rates: list[float], duration: int, series_per_request: int,
-          label: str) -> list[dict]:
-    """Raise the offered rate until two runs in a row miss p99 <= 10 ms or their rate."""
+def measured(srv: Server, bodies: Path, lua: Path, rate: float, connections: int, duration: int,
+             series_per_request: int, label: str) -> dict:
+    """One wrk run, with forecasts/s and the server's CPU time per forecast during it."""
+    cpu = srv.cpu_seconds()
+    r = wrk(srv.url, bodies, lua, rate, connections, duration)
+    r["server_cpu_ms_per_forecast"] = (srv.cpu_seconds() - cpu) * 1e3 / max(1, r["requests"] * series_per_request)
+    r.update(connections=connections, series_per_request=series_per_request, setup=label,
+             forecasts_per_s=r["achieved"] * series_per_request)
+    return r
+
+
+def until_two_misses(runs) -> list[dict]:
+    """Take runs (an iterator of rows, each run when asked for) until two in a row miss p99 <= 10 ms or
+    are not sustained."""
     rows, misses = [], 0
-    for rate in rates:
-        connections = pace_connections(rate)
-        cpu = srv.cpu_seconds()
-        r = wrk(srv.url, bodies, lua, rate, connections, duration)
-        r["server_cpu_ms_per_forecast"] = (srv.cpu_seconds() - cpu) * 1e3 / max(1, r["requests"] * series_per_request)
-        r.update(offered=rate, connections=connections, series_per_request=series_per_request, setup=label,
-                 sustained=r["achieved"] >= SUSTAINED * rate and r["non2xx"] == 0 and r["socket_errors"] == 0)
-        r["forecasts_per_s"] = r["achieved"] * series_per_request
+    for r in runs:
         rows.append(r)
-        print(f"  {label}: offered {rate:7.0f} req/s, achieved {r['achieved']:7.0f} ({r['forecasts_per_s']:7.0f} "
-              f"forecasts/s), p50 {r['p50']:.2f} ms, p95 {r['p95']:.2f} ms, p99 {r['p99']:.2f} ms"
-              f", server CPU {r['server_cpu_ms_per_forecast']:.2f} ms/forecast"
-              f"{'' if r['sustained'] else '  (not sustained)'}", flush=True)
         misses = misses + 1 if r["p99"] > 10 or not r["sustained"] else 0
         if misses == 2:
             break
     return rows
+
+
+def sweep(srv: Server, bodies: Path, lua: Path, rates: list[float], duration: int, series_per_request: int,
+          label: str) -> list[dict]:
+    """Paced: raise the offered rate until two runs in a row miss p99 <= 10 ms or their rate."""
+    def runs():
+        for rate in rates:
+            r = measured(srv, bodies, lua, rate, pace_connections(rate), duration, series_per_request, label)
+            r.update(offered=rate,
+                     sustained=r["achieved"] >= SUSTAINED * rate and r["non2xx"] == 0 and r["socket_errors"] == 0)
+            print(f"  {label}: offered {rate:7.0f} req/s, achieved {r['achieved']:7.0f} ({r['forecasts_per_s']:7.0f} "
+                  f"forecasts/s), p50 {r['p50']:.2f} ms, p95 {r['p95']:.2f} ms, p99 {r['p99']:.2f} ms"
+                  f", server CPU {r['server_cpu_ms_per_forecast']:.2f} ms/forecast"
+                  f"{'' if r['sustained'] else '  (not sustained)'}", flush=True)
+            yield r
+
+    return until_two_misses(runs())
 
 
 def closed_sweep(srv: Server, bodies: Path, lua: Path, connections: list[int], duration: int,
                  series_per_request: int, label: str) -> list[dict]:
     """Closed loop: N connections back to back, N raised until two runs in a row miss p99 <= 10 ms."""
-    rows, misses = [], 0
-    for c in connections:
-        cpu = srv.cpu_seconds()
-        r = wrk(srv.url, bodies, lua, 0, c, duration)
-        r["server_cpu_ms_per_forecast"] = (srv.cpu_seconds() - cpu) * 1e3 / max(1, r["requests"] * series_per_request)
-        r.update(connections=c, series_per_request=series_per_request, setup=label,
-                 sustained=r["non2xx"] == 0 and r["socket_errors"] == 0, forecasts_per_s=r["achieved"] * series_per_request)
-        rows.append(r)
-        print(f"  {label}, closed loop: {c:3d} connections, {r['forecasts_per_s']:7.0f} forecasts/s, p50 {r['p50']:.2f} ms, "
-              f"p95 {r['p95']:.2f} ms, p99 {r['p99']:.2f} ms, server CPU {r['server_cpu_ms_per_forecast']:.2f} ms/forecast"
-              f"{'' if r['sustained'] else '  (errors)'}", flush=True)
-        misses = misses + 1 if r["p99"] > 10 or not r["sustained"] else 0
-        if misses == 2:
-            break
-    return rows
+    def runs():
+        for c in connections:
+            r = measured(srv, bodies, lua, 0, c, duration, series_per_request, label)
+            r["sustained"] = r["non2xx"] == 0 and r["socket_errors"] == 0
+            print(f"  {label}, closed loop: {c:3d} connections, {r['forecasts_per_s']:7.0f} forecasts/s, p50 "
+                  f"{r['p50']:.2f} ms, p95 {r['p95']:.2f} ms, p99 {r['p99']:.2f} ms, server CPU "
+                  f"{r['server_cpu_ms_per_forecast']:.2f} ms/forecast{'' if r['sustained'] else '  (errors)'}", flush=True)
+            yield r
+
+    return until_two_misses(runs())
 
 
 def pace_connections(rate: float) -> int:
@@ -379,26 +391,22 @@ def print_tables(results: dict) -> None:
                 "wrk, paced", f"{r['offered']:.0f}")
             print(f"| {how} | {offered} | {r['achieved']:.0f} | {r['p50']:.2f} ms | {r['p95']:.2f} ms | "
                   f"{r['p99']:.2f} ms |")
-    if "throughput" in results:
-        print("\n| throughput | highest with p99 <= 10 ms (forecasts/s, p50, p99) | highest achieved (forecasts/s, "
-              "p50, p99) | server CPU per forecast there |")
-        print("| --- | ---: | ---: | ---: |")
-        for label, t in results["throughput"].items():
-            b, top = t["best"], max(t["runs"], key=lambda r: r["forecasts_per_s"])
-            ok = "-" if b is None else f"{b['forecasts_per_s']:.0f}/s, {b['p50']:.2f} ms, {b['p99']:.2f} ms"
-            print(f"| {label} | {ok} | {top['forecasts_per_s']:.0f}/s, {top['p50']:.2f} ms, {top['p99']:.2f} ms | "
-                  f"{top['server_cpu_ms_per_forecast']:.2f} ms |")
-    if "closed_loop" in results:
-        print("\n| throughput, closed loop | highest with p99 <= 10 ms (forecasts/s, connections, p50, p99) | "
-              "server CPU per forecast there | highest achieved (forecasts/s, connections, p99) |")
-        print("| --- | ---: | ---: | ---: |")
-        for label, t in results["closed_loop"].items():
-            b, top = t["best"], max(t["runs"], key=lambda r: r["forecasts_per_s"])
-            ok = "-" if b is None else (f"{b['forecasts_per_s']:.0f}/s, {b['connections']}, {b['p50']:.2f} ms, "
-                                        f"{b['p99']:.2f} ms")
-            cpu = "-" if b is None else f"{b['server_cpu_ms_per_forecast']:.2f} ms"
-            print(f"| {label} | {ok} | {cpu} | {top['forecasts_per_s']:.0f}/s, {top['connections']}, {top['p99']:.2f} ms |")
+    for key, title in (("closed_loop", "throughput, closed loop"), ("throughput", "throughput, paced")):
+        if key in results:
+            print_throughput(title, results[key])
 
+
+def print_throughput(title: str, setups: dict) -> None:
+    def cell(r: dict) -> str:
+        return f"{r['forecasts_per_s']:.0f}/s, {r['connections']}, {r['p50']:.2f} ms, {r['p99']:.2f} ms"
+
+    print(f"\n| {title} | highest with p99 <= 10 ms (forecasts/s, connections, p50, p99) | server CPU per forecast "
+          "there | highest achieved (forecasts/s, connections, p50, p99) |")
+    print("| --- | ---: | ---: | ---: |")
+    for label, t in setups.items():
+        b, top = t["best"], max(t["runs"], key=lambda r: r["forecasts_per_s"])
+        cpu = "-" if b is None else f"{b['server_cpu_ms_per_forecast']:.2f} ms"
+        print(f"| {label} | {'-' if b is None else cell(b)} | {cpu} | {cell(top)} |")
 
 if __name__ == "__main__":
     main()
