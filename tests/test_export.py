@@ -170,6 +170,29 @@ def test_console_scripts_export_and_predict(real_bundle, tmp_path):
     assert len(forecasts) == meta["max_prediction_length"]
 
 
+def test_linear_on_3d_inputs_exports_as_gemm_with_the_same_values(tmp_path):
+    import onnxruntime as ort
+
+    from fusioncast.models.layers import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(16, 24).eval()
+    x = torch.randn(5, 7, 16)
+    path = tmp_path / "linear.onnx"
+    torch.onnx.export(layer, (x,), str(path), dynamo=True, external_data=False,
+                      dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # the bias inside a Gemm (onnxruntime fuses nothing into a 3-D MatMul: it would add it in a pass of its own)
+    assert "Gemm" in ops and "Add" not in ops and "MatMul" not in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (5, 2):  # the batch axis stays dynamic through the reshapes
+        xb = torch.randn(batch, 7, 16)
+        got = session.run(None, {session.get_inputs()[0].name: xb.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, layer(xb).numpy(), rtol=1e-5, atol=1e-6)
+    assert layer.state_dict().keys() == torch.nn.Linear(16, 24).state_dict().keys()  # checkpoints load as before
+
+
 def test_elu_exports_as_vectorised_ops_with_the_same_values(tmp_path):
     import onnxruntime as ort
 

@@ -41,6 +41,25 @@ def elu(x: Tensor) -> Tensor:
     return F.elu(x)
 
 
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear; in an ONNX export of a 3-D or larger input, applied to the input flattened to 2-D and
+    reshaped back (the same values). onnxruntime fuses a 2-D MatMul and its bias Add into one Gemm, which
+    adds the bias as it writes the product, but leaves a 3-D one as MatMul + a broadcast Add over the whole
+    output. On the stallion model's bundle (23 more Gemms, 20 fewer Adds) a call took 0.346-0.351 against
+    0.365-0.368 ms at batch 1, 1.25-1.26 against 1.33-1.34 ms at batch 8 and 8.99-9.04 against 9.29-9.48
+    ms at batch 64 (four interleaved rounds), with bit-identical outputs. Eager PyTorch keeps F.linear."""
+    if torch.onnx.is_in_onnx_export() and x.dim() > 2:
+        return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, init and state dict) through `linear`, for its exported form."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class VarLinear(nn.Module):
     """Independent linear maps, one per variable, variable-major: (V, N, in) -> (V, N, out).
 
@@ -90,7 +109,7 @@ class GateAddNorm(nn.Module):
     def __init__(self, input_size: int, output_size: int, dropout: float):
         super().__init__()
         self.dropout = Dropout(dropout)
-        self.glu = nn.Linear(input_size, 2 * output_size)
+        self.glu = Linear(input_size, 2 * output_size)
         self.norm = nn.LayerNorm(output_size)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
@@ -113,10 +132,10 @@ class GatedResidualNetwork(nn.Module):
         context_size: int | None = None,
     ):
         super().__init__()
-        self.skip = nn.Linear(input_size, output_size) if input_size != output_size else None
-        self.fc1 = nn.Linear(input_size, hidden_size)
-        self.context = nn.Linear(context_size, hidden_size, bias=False) if context_size else None
-        self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.skip = Linear(input_size, output_size) if input_size != output_size else None
+        self.fc1 = Linear(input_size, hidden_size)
+        self.context = Linear(context_size, hidden_size, bias=False) if context_size else None
+        self.fc2 = Linear(hidden_size, hidden_size)
         self.gate = GateAddNorm(hidden_size, output_size, dropout)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -124,7 +143,7 @@ class GatedResidualNetwork(nn.Module):
             skip, h = x, self.fc1(x)
         else:  # skip and fc1 read the same input: one matmul for both
             fc1, sk = self.fc1, self.skip
-            both = F.linear(x, torch.cat([fc1.weight, sk.weight]), torch.cat([fc1.bias, sk.bias]))
+            both = linear(x, torch.cat([fc1.weight, sk.weight]), torch.cat([fc1.bias, sk.bias]))
             h, skip = both.split([fc1.out_features, sk.out_features], dim=-1)
         if self.context is not None:
             h = h + self.context(context)
@@ -251,10 +270,10 @@ class InterpretableMultiHeadAttention(nn.Module):
         assert hidden_size % num_heads == 0, "hidden_size must be divisible by attention_heads"
         self.num_heads = num_heads
         self.head_size = hidden_size // num_heads
-        self.query = nn.Linear(hidden_size, hidden_size)  # all heads' query projections side by side
-        self.key = nn.Linear(hidden_size, hidden_size)
-        self.value = nn.Linear(hidden_size, self.head_size)  # shared by every head
-        self.out = nn.Linear(self.head_size, hidden_size)
+        self.query = Linear(hidden_size, hidden_size)  # all heads' query projections side by side
+        self.key = Linear(hidden_size, hidden_size)
+        self.value = Linear(hidden_size, self.head_size)  # shared by every head
+        self.out = Linear(self.head_size, hidden_size)
         self.dropout = Dropout(dropout)
 
     def forward(self, query: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

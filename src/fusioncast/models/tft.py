@@ -15,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import (
     GateAddNorm,
     GatedResidualNetwork,
     InterpretableMultiHeadAttention,
+    Linear,
     VariableSelectionNetwork,
+    linear,
 )
 
 # Floor for the per-series target scale: a constant series has scale 0.
@@ -161,7 +162,7 @@ class TemporalFusionTransformer(nn.Module):
         self.post_attention_gate = GateAddNorm(d, d, dropout)
         self.positionwise_grn = GatedResidualNetwork(d, d, d, dropout)
         self.pre_output_gate = GateAddNorm(d, d, dropout=0.0)  # skip over the whole temporal block
-        self.output = nn.Linear(d, len(self.quantiles))
+        self.output = Linear(d, len(self.quantiles))
         # Linear autoregressive skip (LSTNet's highway; NLinear): the last `linear_skip` normalised targets,
         # relative to the last observed one, map linearly to the horizon; the TFT's quantiles are added to
         # it. Zero-initialised, so training starts from the last-value forecast. Helps where the level
@@ -311,7 +312,7 @@ class TemporalFusionTransformer(nn.Module):
         if self.skip is None:
             out = self.output(x)
         else:
-            out = F.linear(x, self.output.weight * self.correction_scale.unsqueeze(-1), self.output.bias)
+            out = linear(x, self.output.weight * self.correction_scale.unsqueeze(-1), self.output.bias)
             out = out + self._linear_skip(target, encoder_mask).unsqueeze(-1)
         quantiles = out * scale.unsqueeze(-1) + center.unsqueeze(-1)
         if not return_interpretation:
