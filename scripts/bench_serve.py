@@ -340,6 +340,7 @@ def main() -> None:
         k = args.series_per_request
         multi = write_bodies(tmp / f"multi{k}.jsonl", series, k)
         rates = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
+        closed_connections = [int(c) for c in args.closed_connections.split(",") if c]
         for latency, label, server_args, bodies, per, rate_list in [
             (True, "1 series/request, micro-batched", [], single, 1, rates(args.single_rates)),
             (False, "1 series/request, no batching", ["--max-batch-size", "1"], single, 1, rates(args.single_rates)),
@@ -363,9 +364,8 @@ def main() -> None:
                               f"p95 {r['p95']:.2f} ms, p99 {r['p99']:.2f} ms", flush=True)
                 rows = sweep(srv, bodies, lua, rate_list, args.duration, per, label)
                 results.setdefault("throughput", {})[label] = {"runs": rows, "best": best(rows)}
-                if args.closed_connections:
-                    closed = closed_sweep(srv, bodies, lua, [int(c) for c in args.closed_connections.split(",")],
-                                          args.duration, per, label)
+                if closed_connections:
+                    closed = closed_sweep(srv, bodies, lua, closed_connections, args.duration, per, label)
                     results.setdefault("closed_loop", {})[label] = {"runs": closed, "best": best(closed)}
             finally:
                 srv.stop()
@@ -407,6 +407,7 @@ def print_throughput(title: str, setups: dict) -> None:
         b, top = t["best"], max(t["runs"], key=lambda r: r["forecasts_per_s"])
         cpu = "-" if b is None else f"{b['server_cpu_ms_per_forecast']:.2f} ms"
         print(f"| {label} | {'-' if b is None else cell(b)} | {cpu} | {cell(top)} |")
+
 
 if __name__ == "__main__":
     main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import hydra
 import lightning as L
 import numpy as np
 import pytest
@@ -72,8 +73,6 @@ def test_an_ensemble_trains_its_members_and_averages_them(tmp_path):
 
 def test_an_ensemble_is_not_fit_as_one_model(tmp_path):
     cfg = compose_config("train.yaml", tmp_path, TINY)
-    import hydra
-
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     dm.setup("fit")
     module = hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), ensemble_size=2, _convert_="object")

@@ -23,11 +23,6 @@ class TFTEnsemble(nn.Module):
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
 
-    @property
-    def skip(self):
-        """None: an ensemble is not trained as a whole (its members' skips were fitted with them)."""
-        return None
-
     def forward(self, *inputs: Tensor, return_interpretation: bool = False):
         outputs = [m(*inputs, return_interpretation=return_interpretation) for m in self.members]
         if not return_interpretation:
