@@ -163,8 +163,9 @@ class _Windows:
     """Stands in for SeriesTensors: a "batch" is just the (series, start) index pairs."""
 
     device = torch.device("cpu")
+    L, H = 4, 2
 
-    def gather(self, series, starts):
+    def gather(self, series, starts, target_factor=None):
         return torch.stack([series, starts], -1)
 
 
@@ -175,7 +176,7 @@ def test_ddp_shards_together_make_the_single_process_batches(n):
     ranks = [BatchLoader(_Windows(), series, starts, batch_size=4, shuffle=True, seed=3, rank=r, world_size=2)
              for r in range(2)]
     assert len(ranks[0]) == len(ranks[1])  # DDP ranks step in lockstep
-    for i, (whole, *parts) in enumerate(zip(single, *ranks)):
+    for whole, *parts in zip(single, *ranks):
         if len(whole) == 8:  # full batches: the ranks' halves are exactly the single process's batch
             assert sorted(torch.cat(parts)[:, 1].tolist()) == sorted(whole[:, 1].tolist())
 

@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from fusioncast.data.augment import LevelShift
 from fusioncast.data.frame import prepare_frame, seasonal_period, split_points, truncate
 from fusioncast.data.preprocess import Encoded, Preprocessor
 from fusioncast.data.schema import Schema, SchemaError
@@ -28,6 +29,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
     no test split (validation runs to the end); data at or after `test_end` (if set) is dropped.
     `target_normalizer`: "series" (per-series mean/std on training rows), "global" (one for all) or
     "encoder" (per-window center: the encoder's mean; per-series scale).
+    `level_shift` ({prob, sigma, span}; off by default) augments the training windows
+    (fusioncast/data/augment.py).
     """
 
     def __init__(
@@ -58,9 +61,11 @@ class TimeSeriesDataModule(L.LightningDataModule):
         eval_batch_size: int = 1024,
         eval_stride: int = 1,
         seed: int = 0,
+        level_shift: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
+        self.level_shift = LevelShift.from_config(level_shift, max_encoder_length)
         self.schema = Schema(
             time_col=time_col, target=target, group_ids=group_ids, static_categoricals=static_categoricals,
             static_reals=static_reals, time_varying_known_categoricals=time_varying_known_categoricals,
@@ -168,8 +173,10 @@ class TimeSeriesDataModule(L.LightningDataModule):
         cells = s.max_prediction_length * (s.max_encoder_length + s.max_prediction_length)
         return max(1, min(int(self.hparams.eval_batch_size), MAX_EVAL_ATTENTION_CELLS // cells))
 
-    def loader(self, split: str, device=None, shuffle: bool | None = None, shard: bool = False) -> BatchLoader:
-        """Batches of a split's windows; `shard`: only this DDP rank's share (the trainer's loaders)."""
+    def loader(self, split: str, device=None, shuffle: bool | None = None, shard: bool = False,
+               augment: bool = False) -> BatchLoader:
+        """Batches of a split's windows; `shard`: only this DDP rank's share (the trainer's loaders);
+        `augment`: with `level_shift` (the trainer's training loader only)."""
         h = self.hparams
         train = split == "train"
         series, starts = self.windows(split, 1 if train else h.eval_stride)
@@ -181,10 +188,10 @@ class TimeSeriesDataModule(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if shard and self.trainer else (0, 1)
         return BatchLoader(self.tensors(device), series, starts, h.batch_size if train else self.eval_batch_size,
                            shuffle=train if shuffle is None else shuffle, drop_last=False, seed=h.seed,
-                           rank=rank, world_size=world)
+                           rank=rank, world_size=world, level_shift=self.level_shift if augment else None)
 
     def train_dataloader(self) -> BatchLoader:
-        return self.loader("train", shard=True)
+        return self.loader("train", shard=True, augment=True)
 
     def val_dataloader(self) -> BatchLoader:
         return self.loader("val", shard=True)

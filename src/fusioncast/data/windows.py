@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fusioncast.data.augment import LevelShift
 from fusioncast.data.preprocess import Encoded
 
 SPLITS = ("train", "val", "test")
@@ -88,14 +89,17 @@ class SeriesTensors:
         self.target_scale = t(enc.target_scale, dtype)
         self.offsets = torch.arange(L + H, device=self.device)
 
-    def gather(self, series: Tensor, decoder_start: Tensor) -> Batch:
-        """Cut the windows (series[i], decoder_start[i]) in one vectorised gather."""
-        L, H = self.L, self.H
+    def gather(self, series: Tensor, decoder_start: Tensor, target_factor: Tensor | None = None) -> Batch:
+        """Cut the windows (series[i], decoder_start[i]) in one vectorised gather; `target_factor`
+        (B, L+H) multiplies their target step by step (augmentation; the encoder center follows)."""
+        L = self.L
         t = (decoder_start - L)[:, None] + self.offsets  # (B, L+H) time steps
         s = series[:, None]
         # steps before a series' start (short encoders) read step 0 and are masked out
         tc = t.clamp_min(0)
         cat, real, obs = self.cat[s, tc], self.real[s, tc], self.observed[s, tc] & (t >= 0)
+        if target_factor is not None:  # real is the gather's own copy
+            real[..., 0] *= target_factor.to(real)
         target_scale = self.target_scale[series]
         if self.encoder_center:
             n = obs[:, :L].sum(1)
@@ -124,11 +128,14 @@ class BatchLoader:
     the ranks' batches i together are the single-process batch i of batch_size * world_size.
     Shuffled (training) shards are cut to equal length, as DDP steps in lockstep; unshuffled
     (evaluation) shards keep every window, so metrics cover the whole split.
+    `level_shift` (training only) scales the target of some windows (fusioncast/data/augment.py).
     """
 
     def __init__(self, tensors: SeriesTensors, series: np.ndarray, starts: np.ndarray, batch_size: int,
-                 shuffle: bool = False, drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 shuffle: bool = False, drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 level_shift: LevelShift | None = None):
         self.tensors = tensors
+        self.level_shift = level_shift
         self.series = torch.as_tensor(series, device=tensors.device)
         self.starts = torch.as_tensor(starts, device=tensors.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
@@ -144,16 +151,17 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = len(self.series)
+        n, t = len(self.series), self.tensors
+        # same permutation (and level shifts) on every rank, seeded by epoch; each rank takes its own slice
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.shuffle:
-            # same permutation on every rank (seeded by epoch), then each rank takes its own slice
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g).to(self.tensors.device)
+            order = torch.randperm(n, generator=g).to(t.device)
         else:
-            order = torch.arange(n, device=self.tensors.device)
+            order = torch.arange(n, device=t.device)
         self.epoch += 1
         if self.world_size > 1:
             order = order[: n - n % self.world_size if self.shuffle else n][self.rank :: self.world_size]
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.tensors.gather(self.series[idx], self.starts[idx])
+            factor = None if self.level_shift is None else self.level_shift.factors(len(idx), t.L, t.H, g).to(t.device)
+            yield t.gather(self.series[idx], self.starts[idx], factor)

@@ -1,0 +1,56 @@
+"""Level-shift augmentation of training windows: the target scaled by a random factor from a random
+step near the end of the encoder through the whole horizon.
+
+A series trained on months without holidays, storms or outages never sees its level leave the
+usual pattern, so the model learns to trust the weekly and daily shape over what the last hours
+say. Shifted windows teach it that a departure seen at the end of the encoder goes on into the
+horizon. Only the target moves (known inputs and other observed reals stay), and only in training
+batches. The factors are drawn from the loader's per-epoch generator, so a seeded fit is repeatable
+and every DDP rank draws the same stream. Written by hand: neither Lightning nor pytorch-forecasting
+augments windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LevelShift:
+    """`prob`: share of windows shifted; `sigma`: std of the log factor (0.15: most factors within
+    0.74-1.35); `span`: the shift starts in the encoder's last `span` steps (at least the last one)."""
+
+    prob: float = 0.0
+    sigma: float = 0.15
+    span: int = 24
+
+    @classmethod
+    def from_config(cls, cfg: dict | None, max_encoder_length: int) -> LevelShift | None:
+        """None when off (no config or prob 0); errors name the `data.level_shift` key at fault."""
+        if not cfg:
+            return None
+        unknown = set(cfg) - {"prob", "sigma", "span"}
+        if unknown:
+            raise ValueError(f"data.level_shift has unknown keys {sorted(unknown)}; expected prob, sigma, span")
+        shift = cls(**cfg)
+        if isinstance(shift.prob, bool) or not isinstance(shift.prob, (int, float)) or not 0.0 <= shift.prob <= 1.0:
+            raise ValueError(f"data.level_shift.prob must be a number in [0, 1], got {shift.prob!r}")
+        if shift.prob == 0:
+            return None
+        if isinstance(shift.sigma, bool) or not isinstance(shift.sigma, (int, float)) or not shift.sigma > 0.0:
+            raise ValueError(f"data.level_shift.sigma must be a number > 0, got {shift.sigma!r}")
+        if isinstance(shift.span, bool) or not isinstance(shift.span, int) or not 1 <= shift.span <= max_encoder_length:
+            raise ValueError(f"data.level_shift.span must be an integer in [1, max_encoder_length={max_encoder_length}], "
+                             f"got {shift.span!r}")
+        return shift
+
+    def factors(self, n: int, L: int, H: int, generator: torch.Generator) -> Tensor:
+        """(n, L + H) factors on the target of n windows: 1 before each window's shift, f after it."""
+        on = torch.rand(n, generator=generator) < self.prob
+        f = torch.where(on, torch.exp(torch.randn(n, generator=generator) * self.sigma), torch.ones(n))
+        start = L - 1 - torch.randint(0, self.span, (n,), generator=generator)
+        after = torch.arange(L + H)[None] >= start[:, None]
+        return torch.where(after, f[:, None], torch.ones(()))
