@@ -23,7 +23,7 @@ def dm() -> TimeSeriesDataModule:
 
 def test_factors_shift_once_in_the_encoder_tail():
     shift = LevelShift(prob=1.0, sigma=0.3, span=6)
-    f = shift.factors(500, L, H, torch.Generator().manual_seed(0))
+    f = LevelShift.factors(*shift.draw(500, torch.Generator().manual_seed(0)), L, H)
     assert f.shape == (500, L + H)
     assert (f[:, : L - 6] == 1).all()  # nothing before the span
     assert (f[:, L - 1 :] == f[:, -1:]).all()  # the last encoder step and the horizon: one factor
@@ -31,15 +31,15 @@ def test_factors_shift_once_in_the_encoder_tail():
     assert starts.min() >= L - 6 and starts.max() <= L - 1 and len(starts.unique()) == 6
     log_f = f[:, -1].log()
     assert abs(log_f.std().item() - 0.3) < 0.05 and abs(log_f.mean().item()) < 0.05
-    part = LevelShift(prob=0.3, sigma=0.3, span=6).factors(2000, L, H, torch.Generator().manual_seed(1))
-    assert 0.25 < (part[:, -1] != 1).float().mean().item() < 0.35
+    factor, _ = LevelShift(prob=0.3, sigma=0.3, span=6).draw(2000, torch.Generator().manual_seed(1))
+    assert 0.25 < (factor != 1).float().mean().item() < 0.35
 
 
 def test_gather_scales_the_target_and_recenters(dm):
     t = dm.tensors("cpu")
     series, starts = (torch.as_tensor(a[:64]) for a in dm.windows("train"))
     plain = t.gather(series, starts)
-    factor = LevelShift(prob=1.0, sigma=0.3, span=6).factors(64, L, H, torch.Generator().manual_seed(2))
+    factor = LevelShift.factors(*LevelShift(prob=1.0, sigma=0.3, span=6).draw(64, torch.Generator().manual_seed(2)), L, H)
     shifted = t.gather(series, starts, factor)
     assert torch.allclose(shifted.target, plain.target * factor[:, L:])
     assert torch.allclose(shifted.encoder_real[..., 0], plain.encoder_real[..., 0] * factor[:, :L])
@@ -73,6 +73,21 @@ def test_only_the_training_loader_shifts_and_it_repeats(dm):
     for split in ("val", "test"):
         for x, r in zip(dm.loader(split), plain.loader(split)):
             assert torch.equal(x.target, r.target) and torch.equal(x.target_scale, r.target_scale)
+
+
+def test_ddp_ranks_shift_each_window_as_one_process_does(dm):
+    t, windows = dm.tensors("cpu"), dm.windows("train")
+    single = BatchLoader(t, *windows, batch_size=16, shuffle=True, seed=5, level_shift=dm.level_shift)
+    ranks = [BatchLoader(t, *windows, batch_size=8, shuffle=True, seed=5, rank=r, world_size=2,
+                         level_shift=dm.level_shift) for r in range(2)]
+
+    def targets(loaders):
+        return {(int(s), int(d)): y for loader in loaders for b in loader
+                for s, d, y in zip(b.series, b.decoder_start, b.target)}
+
+    one, two = targets([single]), targets(ranks)
+    assert len(two) >= len(one) - 1 and len(two) > 0  # the ranks drop at most the odd window out
+    assert all(torch.equal(one[k], two[k]) for k in two)
 
 
 @pytest.mark.parametrize("cfg, key", [

@@ -5,8 +5,8 @@ A series trained on months without holidays, storms or outages never sees its le
 usual pattern, so the model learns to trust the weekly and daily shape over what the last hours
 say. Shifted windows teach it that a departure seen at the end of the encoder goes on into the
 horizon. Only the target moves (known inputs and other observed reals stay), and only in training
-batches. The factors are drawn from the loader's per-epoch generator, so a seeded fit is repeatable
-and every DDP rank draws the same stream. Written by hand: neither Lightning nor pytorch-forecasting
+batches. The shifts are drawn per window from the loader's per-epoch generator, so a seeded fit is
+repeatable and DDP ranks shift each window as one process would. Written by hand: neither Lightning nor pytorch-forecasting
 augments windows.
 """
 
@@ -47,10 +47,17 @@ class LevelShift:
                              f"got {shift.span!r}")
         return shift
 
-    def factors(self, n: int, L: int, H: int, generator: torch.Generator) -> Tensor:
-        """(n, L + H) factors on the target of n windows: 1 before each window's shift, f after it."""
+    def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Per window of a loader: its factor (1 if not shifted) and how many steps before the encoder's
+        last one its shift starts. Drawn per window, not per batch, so DDP ranks that draw the same
+        stream give each window the shift a single process would."""
         on = torch.rand(n, generator=generator) < self.prob
-        f = torch.where(on, torch.exp(torch.randn(n, generator=generator) * self.sigma), torch.ones(n))
-        start = L - 1 - torch.randint(0, self.span, (n,), generator=generator)
-        after = torch.arange(L + H)[None] >= start[:, None]
-        return torch.where(after, f[:, None], torch.ones(()))
+        factor = torch.where(on, torch.exp(torch.randn(n, generator=generator) * self.sigma), torch.ones(n))
+        back = torch.randint(0, self.span, (n,), generator=generator)
+        return factor, back
+
+    @staticmethod
+    def factors(factor: Tensor, back: Tensor, L: int, H: int) -> Tensor:
+        """(B, L + H) multipliers of the B windows' target steps: 1 before each one's shift, its factor after."""
+        after = torch.arange(L + H, device=factor.device)[None] >= (L - 1 - back)[:, None]
+        return torch.where(after, factor[:, None], torch.ones((), device=factor.device))

@@ -158,10 +158,11 @@ class BatchLoader:
             order = torch.randperm(n, generator=g).to(t.device)
         else:
             order = torch.arange(n, device=t.device)
+        shift = None if self.level_shift is None else [a.to(t.device) for a in self.level_shift.draw(n, g)]
         self.epoch += 1
         if self.world_size > 1:
             order = order[: n - n % self.world_size if self.shuffle else n][self.rank :: self.world_size]
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            factor = None if self.level_shift is None else self.level_shift.factors(len(idx), t.L, t.H, g).to(t.device)
+            factor = None if shift is None else LevelShift.factors(shift[0][idx], shift[1][idx], t.L, t.H)
             yield t.gather(self.series[idx], self.starts[idx], factor)
