@@ -163,7 +163,6 @@ class _Windows:
     """Stands in for SeriesTensors: a "batch" is just the (series, start) index pairs."""
 
     device = torch.device("cpu")
-    L, H = 4, 2
 
     def gather(self, series, starts, target_factor=None):
         return torch.stack([series, starts], -1)

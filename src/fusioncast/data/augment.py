@@ -5,9 +5,10 @@ A series trained on months without holidays, storms or outages never sees its le
 usual pattern, so the model learns to trust the weekly and daily shape over what the last hours
 say. Shifted windows teach it that a departure seen at the end of the encoder goes on into the
 horizon. Only the target moves (known inputs and other observed reals stay), and only in training
-batches. The shifts are drawn per window from the loader's per-epoch generator, so a seeded fit is
-repeatable and DDP ranks shift each window as one process would. Written by hand: neither Lightning nor pytorch-forecasting
-augments windows.
+batches. The factor multiplies raw target values, so it suits positive-valued targets (counts, load,
+sales). The shifts are drawn per window from the loader's per-epoch generator, so a seeded fit is
+repeatable and DDP ranks shift each window as one process would. Written by hand: neither Lightning
+nor pytorch-forecasting augments windows.
 """
 
 from __future__ import annotations
