@@ -30,11 +30,15 @@ def run_cli(out: Path, overrides: list[str]) -> tuple[dict, str]:
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_like_one(tmp_path):
-    """Batch 64 in one process vs 32 per rank in two, same seed: same windows per step, same updates."""
-    one, _ = run_cli(tmp_path / "one", DDP_RUN + ["trainer=cpu", "data.batch_size=64"])
-    two, log = run_cli(tmp_path / "two", DDP_RUN + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                                    "trainer.precision=32-true", "data.batch_size=32"])
+@pytest.mark.parametrize("extra", [[], ["data.level_shift.prob=0.5", "data.level_shift.span=6"]],
+                         ids=["plain", "level_shift"])
+def test_two_cpu_processes_train_like_one(tmp_path, extra):
+    """Batch 64 in one process vs 32 per rank in two, same seed: same windows per step, same updates
+    (with level-shift augmentation: the same shifts of each window too)."""
+    one, _ = run_cli(tmp_path / "one", DDP_RUN + extra + ["trainer=cpu", "data.batch_size=64"])
+    two, log = run_cli(tmp_path / "two", DDP_RUN + extra + ["trainer=ddp", "trainer.accelerator=cpu",
+                                                            "trainer.devices=2", "trainer.precision=32-true",
+                                                            "data.batch_size=32"])
     assert "MEMBER: 2/2" in log  # really two processes
     # both evaluated on every validation window (rank 0 after fit), not on one rank's shard
     assert one["val"]["n_windows"] == two["val"]["n_windows"] > 0
