@@ -19,6 +19,11 @@ import torch
 from torch import Tensor
 
 
+def _is(value, kinds) -> bool:
+    """isinstance, with booleans refused (YAML's true is an int to Python)."""
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class LevelShift:
     """`prob`: share of windows shifted; `sigma`: std of the log factor (0.15: most factors within
@@ -37,13 +42,13 @@ class LevelShift:
         if unknown:
             raise ValueError(f"data.level_shift has unknown keys {sorted(unknown)}; expected prob, sigma, span")
         shift = cls(**cfg)
-        if isinstance(shift.prob, bool) or not isinstance(shift.prob, (int, float)) or not 0.0 <= shift.prob <= 1.0:
+        if not _is(shift.prob, (int, float)) or not 0.0 <= shift.prob <= 1.0:
             raise ValueError(f"data.level_shift.prob must be a number in [0, 1], got {shift.prob!r}")
         if shift.prob == 0:
             return None
-        if isinstance(shift.sigma, bool) or not isinstance(shift.sigma, (int, float)) or not shift.sigma > 0.0:
+        if not _is(shift.sigma, (int, float)) or not shift.sigma > 0.0:
             raise ValueError(f"data.level_shift.sigma must be a number > 0, got {shift.sigma!r}")
-        if isinstance(shift.span, bool) or not isinstance(shift.span, int) or not 1 <= shift.span <= max_encoder_length:
+        if not _is(shift.span, int) or not 1 <= shift.span <= max_encoder_length:
             raise ValueError(f"data.level_shift.span must be an integer in [1, max_encoder_length={max_encoder_length}], "
                              f"got {shift.span!r}")
         return shift
