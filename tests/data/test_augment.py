@@ -95,12 +95,21 @@ def test_ddp_ranks_shift_each_window_as_one_process_does(dm):
     ({"prob": "often"}, "data.level_shift.prob"),
     ({"prob": 0.3, "sigma": 0}, "data.level_shift.sigma"),
     ({"prob": 0.3, "span": 0}, "data.level_shift.span"),
-    ({"prob": 0.3, "span": L + 1}, "data.level_shift.span"),
+    ({"prob": 0.3, "span": 2.5}, "data.level_shift.span"),
     ({"prob": 0.3, "spam": 3}, "unknown keys ['spam']"),
 ])
 def test_bad_config_names_the_key(cfg, key):
     with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("]", r"\]")):
         TimeSeriesDataModule(**SYNTH, level_shift=cfg)
+
+
+def test_span_longer_than_the_encoder_is_cut_to_it(caplog):
+    # a sweep over data.max_encoder_length must not fail on its short encoders
+    with caplog.at_level("WARNING", logger="fusioncast.data.augment"):
+        shift = TimeSeriesDataModule(**SYNTH, level_shift={"prob": 0.3, "span": L + 5}).level_shift
+    assert shift.span == L and "data.level_shift.span" in caplog.text
+    _, back = shift.draw(4000, torch.Generator().manual_seed(3))
+    assert int(back.max()) == L - 1  # shifts can start at the encoder's first step, never before
 
 
 def test_off_by_default_and_at_prob_zero():

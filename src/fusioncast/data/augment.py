@@ -13,10 +13,13 @@ nor pytorch-forecasting augments windows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 def _is(value, kinds) -> bool:
@@ -27,7 +30,8 @@ def _is(value, kinds) -> bool:
 @dataclass(frozen=True)
 class LevelShift:
     """`prob`: share of windows shifted; `sigma`: std of the log factor (0.15: most factors within
-    0.74-1.35); `span`: the shift starts in the encoder's last `span` steps (at least the last one)."""
+    0.74-1.35); `span`: the shift starts in the encoder's last `span` steps (at least the last one; a span longer
+    than the encoder is cut to it)."""
 
     prob: float = 0.0
     sigma: float = 0.15
@@ -48,9 +52,14 @@ class LevelShift:
             return None
         if not _is(shift.sigma, (int, float)) or not shift.sigma > 0.0:
             raise ValueError(f"data.level_shift.sigma must be a number > 0, got {shift.sigma!r}")
-        if not _is(shift.span, int) or not 1 <= shift.span <= max_encoder_length:
-            raise ValueError(f"data.level_shift.span must be an integer in [1, max_encoder_length={max_encoder_length}], "
-                             f"got {shift.span!r}")
+        if not _is(shift.span, int) or not shift.span >= 1:
+            raise ValueError(f"data.level_shift.span must be an integer >= 1, got {shift.span!r}")
+        if shift.span > max_encoder_length:
+            # "up to `span` steps back" cannot reach before the encoder; clamping (not refusing) keeps a
+            # sweep over data.max_encoder_length from failing on its short encoders
+            log.warning("data.level_shift.span=%d is longer than the encoder (%d steps): shifts start anywhere in it",
+                        shift.span, max_encoder_length)
+            shift = replace(shift, span=max_encoder_length)
         return shift
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
