@@ -70,12 +70,13 @@ def adaptive_bundle(rb, path, step: float):
     import shutil
 
     from fusioncast.calibration import Calibration
+    from fusioncast.serve.bundle import write_meta
 
     shutil.copytree(rb.path, path)
     meta = json.loads((path / "bundle.json").read_text())
     H = rb.dm.schema.max_prediction_length
     meta["calibration"] = Calibration([0.1, 0.5, 0.9], np.zeros((H, 3)), "adaptive", {}, np.full(H, step)).to_dict()
-    (path / "bundle.json").write_text(json.dumps(meta))
+    write_meta(path, meta, list(meta["integrity"]["files"]))  # sealed again: an edit alone is refused
     return path
 
 

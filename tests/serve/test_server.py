@@ -188,7 +188,7 @@ def test_a_client_leaving_mid_body_leaves_the_server_serving(server, example):
 
 async def _burst(url: str, body: bytes, n: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=30, limits=limits, headers={"content-type": "application/json"}) as client:
         return await asyncio.gather(*[client.post(f"{url}/v1/forecast", content=body) for _ in range(n)])
 
 

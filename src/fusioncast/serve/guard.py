@@ -1,0 +1,141 @@
+"""Who may talk to the server: middleware around the whole app, so that every route, today's and any
+added later, is behind it.
+
+- Host allow-list (Starlette's TrustedHostMiddleware): a browser page that rebinds its own DNS name
+  to 127.0.0.1 sends its own name as Host, and is refused (400).
+- Bearer token (optional): with tokens configured, /v1/* and /metrics need `Authorization: Bearer
+  <token>` (401 otherwise), compared in constant time.
+- A POST must say `Content-Type: application/json` (415 otherwise): a web page can make a browser
+  send a text/plain POST to any address without asking (a "simple" cross-origin request), never an
+  application/json one.
+- CORS: off (no Access-Control headers, so browsers keep other origins out) unless origins are given.
+
+The probes (/healthz, /readyz) pass every check: an orchestrator calls them by IP, without a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from pathlib import Path
+
+import orjson
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+log = logging.getLogger("fusioncast.serve")
+
+TOKEN_ENV = "FUSIONCAST_API_TOKEN"
+PROBES = frozenset(("/healthz", "/readyz"))
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _protected(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/metrics"
+
+
+def load_tokens(token_file: str | None) -> list[bytes] | None:
+    """The accepted tokens: one per line of `token_file` (several allow a rotation), else $FUSIONCAST_API_TOKEN;
+    None when neither is set (no authentication). A file that gives no token is an error, not 'no auth'."""
+    if token_file:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"token file {token_file}: {e}") from None
+        tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        if not tokens:
+            raise ValueError(f"token file {token_file} holds no token")
+    elif os.environ.get(TOKEN_ENV, "").strip():
+        tokens = [os.environ[TOKEN_ENV].strip()]
+    else:
+        return None
+    short = [t for t in tokens if len(t) < 16]
+    if short:
+        raise ValueError("an API token must have at least 16 characters (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    return [t.encode() for t in tokens]
+
+
+def _error(status: int, detail: str, headers: list | None = None) -> tuple[dict, dict]:
+    body = orjson.dumps({"detail": detail, "series": None, "field": None})
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                         *(headers or [])]}
+    return start, {"type": "http.response.body", "body": body}
+
+
+_UNAUTHORIZED = _error(401, "this endpoint needs 'Authorization: Bearer <token>' with a valid token",
+                       [(b"www-authenticate", b'Bearer realm="fusioncast"')])
+
+
+class Guard:
+    """Pure ASGI middleware: the bearer token on /v1/* and /metrics (when `tokens` is not None) and the
+    JSON content type of a POST. One pass over the headers; nothing else on the hot path."""
+
+    def __init__(self, app, tokens: list[bytes] | None):
+        self.app, self.tokens = app, tokens
+
+    def authorized(self, value: bytes | None) -> bool:
+        if value is None or value[:7].lower() != b"bearer ":
+            return False
+        given = value[7:].strip()
+        ok = False
+        for token in self.tokens:  # every token compared: the time does not tell which one matched
+            ok |= hmac.compare_digest(given, token)
+        return ok
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        post = scope["method"] == "POST"
+        check_token = self.tokens is not None and _protected(scope["path"])
+        if post or check_token:
+            authorization = content_type = None
+            for k, v in scope["headers"]:
+                if k == b"authorization":
+                    authorization = v
+                elif k == b"content-type":
+                    content_type = v
+            if check_token and not self.authorized(authorization):
+                for message in _UNAUTHORIZED:
+                    await send(message)
+                return
+            if post and (content_type is None or content_type.split(b";")[0].strip().lower() != b"application/json"):
+                got = "none" if content_type is None else repr(content_type[:60].decode("latin-1"))
+                for message in _error(415, f"a POST body must be sent with Content-Type: application/json "
+                                           f"(this one has {got})"):
+                    await send(message)
+                return
+        await self.app(scope, receive, send)
+
+
+class HostCheck:
+    """Starlette's TrustedHostMiddleware for every path but the probes."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app = app
+        self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] in PROBES:
+            return await self.app(scope, receive, send)
+        await self.checked(scope, receive, send)
+
+
+def default_allowed_hosts(bind_host: str) -> list[str]:
+    """The loopback names, plus the address the server binds when it is a specific one (not 0.0.0.0/::)."""
+    hosts = list(LOOPBACK_HOSTS)
+    if bind_host not in ("", "0.0.0.0", "::", *hosts):
+        hosts.append(bind_host)
+    return hosts
+
+
+def secure(app, *, tokens: list[bytes] | None, allowed_hosts: list[str], cors_origins: list[str]) -> None:
+    """Add the guard middleware to a Starlette/FastAPI app (after every other middleware, so it runs first)."""
+    app.add_middleware(Guard, tokens=tokens)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"], max_age=600)
+    if "*" not in allowed_hosts:
+        app.add_middleware(HostCheck, allowed_hosts=allowed_hosts)
