@@ -131,6 +131,14 @@ def validate(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         raise SchemaError(f"column '{schema.time_col}' (time_col) has an empty timestamp at row {row}")
     if getattr(df[schema.time_col].dt, "tz", None) is not None:
         df[schema.time_col] = df[schema.time_col].dt.tz_localize(None)
+    # the model's time axis is datetime64[ns]; pandas parses wider (microseconds), numpy would wrap around
+    outside = (df[schema.time_col] < pd.Timestamp.min) | (df[schema.time_col] > pd.Timestamp.max)
+    if outside.any():
+        row = outside.idxmax()
+        series = "".join(f", {c}={df[c][row]}" for c in schema.group_ids if c in df)
+        raise SchemaError(f"column '{schema.time_col}' (time_col) has {df[schema.time_col][row]} at row {row}{series}, "
+                          f"outside the times the model can represent ({pd.Timestamp.min.ceil('s')} .. "
+                          f"{pd.Timestamp.max.floor('s')})")
 
     _numeric(df, schema.target, "target")
     for role in ("static_reals", "time_varying_known_reals", "time_varying_unknown_reals"):

@@ -51,10 +51,17 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".gz", ".txt"):
-        return pd.read_csv(path)
-    raise SchemaError(f"cannot read '{path}': use a .csv or .parquet file")
+        df = pd.read_parquet(path)
+    elif path.suffix in (".csv", ".gz", ".txt"):
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise SchemaError(f"data file {path} is empty: no header, no rows") from None
+    else:
+        raise SchemaError(f"cannot read '{path}': use a .csv or .parquet file")
+    if df.empty:
+        raise SchemaError(f"data file {path} has no rows (columns: {list(df.columns)})")
+    return df
 
 
 def _sha256(path: Path) -> str:

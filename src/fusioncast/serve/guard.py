@@ -5,9 +5,9 @@ added later, is behind it.
   to 127.0.0.1 sends its own name as Host, and is refused (400).
 - Bearer token (optional): with tokens configured, /v1/* and /metrics need `Authorization: Bearer
   <token>` (401 otherwise), compared in constant time.
-- A POST must say `Content-Type: application/json` (415 otherwise): a web page can make a browser
-  send a text/plain POST to any address without asking (a "simple" cross-origin request), never an
-  application/json one.
+- A POST with a body must say `Content-Type: application/json` (415 otherwise): a web page can make
+  a browser send a text/plain POST to any address without asking (a "simple" cross-origin request),
+  never an application/json one.
 - CORS: off (no Access-Control headers, so browsers keep other origins out) unless origins are given.
 
 The probes (/healthz, /readyz) pass every check: an orchestrator calls them by IP, without a token.
@@ -92,16 +92,23 @@ class Guard:
         check_token = self.tokens is not None and _protected(scope["path"])
         if post or check_token:
             authorization = content_type = None
+            body = False
             for k, v in scope["headers"]:
                 if k == b"authorization":
                     authorization = v
                 elif k == b"content-type":
                     content_type = v
+                elif k == b"content-length":
+                    body = body or v != b"0"
+                elif k == b"transfer-encoding":
+                    body = True
             if check_token and not self.authorized(authorization):
                 for message in _UNAUTHORIZED:
                     await send(message)
                 return
-            if post and (content_type is None or content_type.split(b";")[0].strip().lower() != b"application/json"):
+            # a POST without a body carries no content (and a route that takes no POST answers 405)
+            if post and body and (content_type is None or
+                                  content_type.split(b";")[0].strip().lower() != b"application/json"):
                 got = "none" if content_type is None else repr(content_type[:60].decode("latin-1"))
                 for message in _error(415, f"a POST body must be sent with Content-Type: application/json "
                                            f"(this one has {got})"):

@@ -270,7 +270,7 @@ class RequestParser:
             return series_key(()), {}
         if type(sid) is dict:
             if set(sid) != set(ids):
-                raise RequestError(f"series[{i}]: id must have exactly the keys {ids}, got {sorted(sid)}", series=i,
+                raise RequestError(f"series[{i}]: id must have exactly the keys {ids}, got {shown_keys(sid)}", series=i,
                                    field="id")
             values = tuple(self._text(sid[c], i, f"id.{c}") for c in ids)
         elif type(sid) in SCALAR:
