@@ -25,7 +25,7 @@ from tests.serve.test_requests import STALLION, forecast_table, requests_for
 
 
 class Server:
-    def __init__(self, bundle: Path, tmp: Path, *args: str):
+    def __init__(self, bundle: Path, tmp: Path, *args: str, env: dict | None = None, preexec_fn=None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -33,7 +33,8 @@ class Server:
         self.log = tmp / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "fusioncast.serve.cli", str(bundle), "--port", str(self.port), "--log-level",
                "warning", "--cache-dir", str(tmp / "ort-cache"), *args]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     env=None if env is None else {**os.environ, **env}, preexec_fn=preexec_fn)
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
