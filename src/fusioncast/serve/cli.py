@@ -19,7 +19,7 @@ from dataclasses import asdict
 from fusioncast.serve.app import ENV_CONFIG, ServeConfig, create_app
 from fusioncast.serve.bundle import Bundle, BundleError, Model
 from fusioncast.serve.connections import FD_RESERVE, ConnectionLimits, LimitedHttpToolsProtocol, raise_open_file_limit
-from fusioncast.serve.guard import LOOPBACK_HOSTS, TOKEN_ENV, default_allowed_hosts, load_tokens
+from fusioncast.serve.guard import LOOPBACK_ADDRESSES, LOOPBACK_HOSTS, TOKEN_ENV, default_allowed_hosts, load_tokens
 
 log = logging.getLogger("fusioncast.serve")
 
@@ -103,7 +103,7 @@ def _setup(args: argparse.Namespace) -> tuple[ServeConfig, ConnectionLimits]:
                          cors_origins=args.cors_origins, docs=not args.no_docs)
     limits = _limits(args)
     auth = load_tokens(config.token_file) is not None
-    if not auth and args.host not in LOOPBACK_HOSTS:
+    if not auth and args.host not in LOOPBACK_ADDRESSES:
         log.warning("serving on %s without authentication: anyone who reaches this address can use the API "
                     "(--token-file or $%s turn it on)", args.host, TOKEN_ENV)
     return config, limits

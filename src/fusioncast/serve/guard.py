@@ -28,7 +28,8 @@ log = logging.getLogger("fusioncast.serve")
 
 TOKEN_ENV = "FUSIONCAST_API_TOKEN"
 PROBES = frozenset(("/healthz", "/readyz"))
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers write them (IPv6 in brackets)
+LOOPBACK_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 
 
 def _protected(path: str) -> bool:
@@ -133,8 +134,8 @@ class HostCheck:
 def default_allowed_hosts(bind_host: str) -> list[str]:
     """The loopback names, plus the address the server binds when it is a specific one (not 0.0.0.0/::)."""
     hosts = list(LOOPBACK_HOSTS)
-    if bind_host not in ("", "0.0.0.0", "::", *hosts):
-        hosts.append(bind_host)
+    if bind_host not in ("", "0.0.0.0", "::", *LOOPBACK_ADDRESSES):
+        hosts.append(f"[{bind_host}]" if ":" in bind_host else bind_host)
     return hosts
 
 
