@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from fusioncast.data.preprocess import UNKNOWN
-from fusioncast.serve.fields import NUMBER, NUMBER_OR_NULL, SERIES_FIELDS, HorizonOutOfRange, RequestError, numpy_times
+from fusioncast.serve.fields import (NUMBER, NUMBER_OR_NULL, SERIES_FIELDS, HorizonOutOfRange, RequestError, in_range,
+                                     numpy_times_fast)
 
 _UNSEEN = chr(UNKNOWN)
 
@@ -107,11 +108,11 @@ def _row(p, i: int, s) -> _Row | None:
 
 
 def _timestamps(values: list) -> np.ndarray | None:
-    """ns since the epoch of ISO 8601 strings numpy parses (time zones, times out of range and the like: None)."""
+    """ns since the epoch of ISO 8601 strings numpy parses (time zones and the like: None)."""
     if not set(map(type, values)) <= {str}:
         return None
     try:
-        return numpy_times(values)
+        return numpy_times_fast(values)
     except ValueError:
         return None
 
@@ -127,6 +128,8 @@ def _encode_rows(p, rows: list[_Row]) -> tuple[dict, list, np.ndarray] | None:
     if t is None:
         return None
     t = t.reshape(k, L)
+    if not in_range([h[sc.time_col][-L] for h in hist]):  # a grid from a wrapped first time would look sound
+        return None
     try:
         grids = [p.grid(t0, L) for t0 in t[:, 0].tolist()]
     except HorizonOutOfRange:
