@@ -132,6 +132,11 @@ def train(cfg: DictConfig) -> dict:
         history = [x for f in fitted for c in f.callbacks if getattr(c, "history", None) for x in c.history]
         if history:
             metrics["train_samples_per_sec"] = float(torch.tensor(history).median())
+        every = (cfg.get("refit") or {}).get("every")
+        if every:  # one more training per period of the test span (fusioncast/refit.py)
+            from fusioncast.refit import refit_backtest
+
+            metrics["refit"] = refit_backtest(cfg, dm, str(every))
         write_metrics(metrics, cfg.paths.output_dir)
         if cfg.get("export"):
             from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting

@@ -1,0 +1,53 @@
+"""Refitting on a schedule (fusioncast/refit.py): each period's model sees only the data before the period,
+and the periods' forecasts together are the run's test windows, each once."""
+
+from __future__ import annotations
+
+import hydra
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusioncast.backtest import window_times
+from fusioncast.refit import period_config, refit_periods
+from tests.conftest import TINY, compose_config
+
+
+def test_period_configs_train_before_the_period_and_test_inside_it(tmp_path):
+    cfg = compose_config("train.yaml", tmp_path, TINY)
+    dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+    dm.setup()
+    starts, val_length = refit_periods(dm, "1D")
+    assert len(starts) >= 2 and val_length > pd.Timedelta(0)
+    assert starts[0] == pd.Timestamp(window_times(dm, *dm.windows("test")).min())
+    seen = []
+    for k, start in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else None
+        pcfg = period_config(cfg, start, end, val_length, dm.schema.max_prediction_length, dm.pp.freq, tmp_path / str(k))
+        pdm = hydra.utils.instantiate(pcfg.data, _convert_="object")
+        pdm.setup()
+        test = window_times(pdm, *pdm.windows("test"))
+        assert (test >= start).all() and (end is None or (test < end).all())
+        step = pd.Timedelta(hours=1)
+        series, vstarts = pdm.windows("val")
+        val_end = window_times(pdm, series, vstarts) + step * (pdm.schema.max_prediction_length - 1)
+        assert (val_end < start).all()  # no validation (nor training) target at or after the period's start
+        seen += list(zip(*pdm.windows("test")))
+    assert sorted(seen) == sorted(zip(*dm.windows("test")))
+
+
+def test_refit_block_scores_the_test_windows(tmp_path):
+    from fusioncast.train import train
+
+    cfg = compose_config("train.yaml", tmp_path, TINY + ["refit.every=2D", "trainer.max_epochs=1"])
+    metrics = train(cfg)
+    refit = metrics["refit"]
+    assert refit["every"] == "2D" and len(refit["periods"]) >= 2
+    assert sum(p["n_windows"] for p in refit["periods"]) == metrics["test"]["n_windows"] == refit["test"]["n_windows"]
+    assert all(p["checkpoint"] for p in refit["periods"])
+    assert np.isfinite(refit["test"]["mae"]) and refit["baseline"]["test"]["mae"] == pytest.approx(
+        metrics["baseline"]["test"]["mae"])
+    with pytest.raises(ValueError, match="refit.every"):
+        dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+        dm.setup()
+        refit_periods(dm, "soon")
