@@ -124,7 +124,7 @@ def test_global_target_normalizer_shares_one_scale(tmp_path):
     assert again.target_scale("new zone", np.array([1e6, 2e6])) == pytest.approx((y.mean(), y.std(ddof=0)))
     assert per_series.pp.target_scale("new zone", np.array([1.0, 3.0])) == pytest.approx((2.0, 1.0))
     with pytest.raises(SchemaError, match="target_normalizer"):
-        TimeSeriesDataModule(**common, target_normalizer="window")
+        TimeSeriesDataModule(**common, target_normalizer="windowed")
 
 
 def test_etth1_protocol_reproduces_published_nlinear(tmp_path):
