@@ -20,7 +20,8 @@ HORIZONS = (24, 48, 96, 168, 192, 336, 720)
 
 
 def test_every_benchmark_protocol_has_a_config():
-    wanted = {"stallion_tutorial", "nyc_taxi_h5", "etth1_univariate", "etth1_covariates"}
+    wanted = {"stallion_tutorial", "nyc_taxi_h5", "etth1_univariate", "etth1_covariates", "m4_hourly",
+              "nyc_taxi_numenta"}
     wanted |= {f"etth1_{kind}_h{h}" for kind in ("univariate", "covariates") for h in HORIZONS}
     assert wanted <= set(EXPERIMENTS)
 

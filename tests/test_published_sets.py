@@ -106,3 +106,30 @@ def test_mape_at_the_last_step():
     pred = np.repeat(np.array([[10.0, 20.0, 30.0], [10.0, 10.0, 70.0]])[..., None], 3, -1)
     out = forecast_metrics(y, np.ones_like(y, bool), pred, [0.1, 0.5, 0.9], np.ones(2), np.ones(2))
     assert out["mape_step3"] == pytest.approx(20.0 / 100.0)
+
+
+def test_bench_accuracy_scores_m4_rows_as_the_competition(tmp_path):
+    """scripts/bench_accuracy.py's M4 row: the seasonal-naive forecast of the data module's test windows
+    scores exactly what fusioncast.m4 gives on the raw files (in-sample = the whole training file)."""
+    import importlib.util
+
+    from fusioncast.evaluate import predict_windows
+    from fusioncast.models.module import TFTModule
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_accuracy", ROOT / "scripts" / "bench_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    path = write_m4_head(tmp_path, rows=4)
+    train, test = read_wide(path), read_wide(tmp_path / "Hourly-test.csv")
+    cfg = compose_config("train.yaml", tmp_path, ["experiment=m4_hourly", f"data.path={path}", "model.hidden_size=8"])
+    dm = TimeSeriesDataModule(**{k: v for k, v in cfg.data.items() if k != "_target_"})
+    dm.setup()
+    module = TFTModule(data_kwargs=dm.model_kwargs(), hidden_size=8, linear_skip=168)
+    p = predict_windows(module, dm.loader("test", shuffle=False))
+    got = bench.protocol_metrics("m4", bench.naive_forecasts(p, dm.seasonal_period), dm, "test")
+    keys = list(train)
+    want = m4.score([test[k] for k in keys], [m4.seasonal_naive(train[k], 48, 24) for k in keys],
+                    [train[k] for k in keys], 24, m4.NAIVE2_HOURLY)
+    assert (got["smape"], got["mase"], got["owa"]) == pytest.approx((want["smape"], want["mase"], want["owa"]), rel=1e-6)
+    assert bench.fmt("m4", got).count("/") == 2
