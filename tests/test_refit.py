@@ -4,6 +4,7 @@ and the periods' forecasts together are the run's test windows, each once."""
 from __future__ import annotations
 
 import hydra
+import torch
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,3 +52,25 @@ def test_refit_block_scores_the_test_windows(tmp_path):
         dm = hydra.utils.instantiate(cfg.data, _convert_="object")
         dm.setup()
         refit_periods(dm, "soon")
+
+
+def test_warm_started_refits_fine_tune_the_model_before(tmp_path):
+    from fusioncast.models.module import TFTModule
+    from fusioncast.train import train, warm_start
+
+    cfg = compose_config("train.yaml", tmp_path, TINY + ["refit.every=2D", "refit.warm_start=true", "refit.max_epochs=1"])
+    metrics = train(cfg)
+    refit = metrics["refit"]
+    assert refit["warm_start"] and refit["max_epochs"] == 1 and len(refit["periods"]) >= 2
+    assert refit["test"]["n_windows"] == metrics["test"]["n_windows"]
+    # warm_start copies the weights, not this data's scalers
+    first = TFTModule.load_from_checkpoint(refit["periods"][0]["checkpoint"], weights_only=False)
+    second = TFTModule.load_from_checkpoint(refit["periods"][1]["checkpoint"], weights_only=False)
+    second.net.real_center += 1.0
+    center = second.net.real_center.clone()
+    warm_start(second, first)
+    assert torch.equal(second.net.output.weight, first.net.output.weight)
+    assert torch.equal(second.net.real_center, center)
+    with pytest.raises(ValueError, match="warm_start"):
+        train(compose_config("train.yaml", tmp_path / "e", TINY + ["refit.every=2D", "refit.warm_start=true",
+                                                                   "ensemble.seeds=[1,2]"]))

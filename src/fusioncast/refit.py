@@ -8,7 +8,8 @@ are fitted there; preprocessing is refitted too); it then forecasts every window
 inside the period, from the history before each origin. Pooled over the periods, the forecasts are scored
 like the test split and written into metrics.json's `refit` block (the model trained once stays in `test`).
 A period's windows may run past its end, as a forecast issued on its last day does: only the origins
-belong to the period. The cost is one training per period.
+belong to the period. The cost is one training per period; `refit.warm_start=true` makes each one a
+fine-tuning of the model before it (`refit.max_epochs` epochs), as online learners keep learning.
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ def period_config(cfg: DictConfig, start: pd.Timestamp, end: pd.Timestamp | None
     return out
 
 
-def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str) -> dict:
+def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str, initial=None) -> dict:
     """metrics.json's `refit` block: one training per period of the test span, forecasts pooled and scored
-    on the run's test windows (`dm`, the run's own data module), next to the seasonal-naive baseline."""
+    on the run's test windows (`dm`, the run's own data module), next to the seasonal-naive baseline.
+
+    With `refit.warm_start` each period's model starts from the one before it (the first from `initial`,
+    the run's own model) and trains for `refit.max_epochs` (null: the run's max_epochs): fine-tuning on
+    the data that arrived, much cheaper than training afresh. Seed ensembles refit afresh only."""
     from fusioncast.ensemble import ensemble_seeds
     from fusioncast.train import fit, fit_ensemble
 
@@ -76,12 +81,19 @@ def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str) -> dic
 
     starts, val_length = refit_periods(dm, every)
     seeds = ensemble_seeds((cfg.get("ensemble") or {}).get("seeds"))
+    options = cfg.get("refit") or {}
+    warm = bool(options.get("warm_start"))
+    if warm and (seeds or initial is None):
+        raise ValueError("refit.warm_start needs one model to start from: it does not go with ensemble.seeds")
     calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
     H = dm.schema.max_prediction_length
     preds, periods = [], []
     for k, start in enumerate(starts):
         end = starts[k + 1] if k + 1 < len(starts) else None
         pcfg = period_config(cfg, start, end, val_length, H, dm.pp.freq, Path(cfg.paths.output_dir) / "refit" / f"{k:03d}")
+        if options.get("max_epochs"):
+            with open_dict(pcfg):
+                pcfg.trainer.max_epochs = int(options["max_epochs"])
         t0 = time.perf_counter()
         pdm = hydra.utils.instantiate(pcfg.data, _convert_="object")
         pdm.setup("fit")
@@ -90,8 +102,9 @@ def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str) -> dic
         else:
             if pcfg.get("seed") is not None:
                 L.seed_everything(pcfg.seed, workers=True)
-            one = fit(pcfg, pdm, [])
+            one = fit(pcfg, pdm, [], init=initial if warm else None)
             module, best = one.module, one.best
+            initial = module
         p = predict_split(module, pdm, "test")
         cal = fit_calibration(module, pdm, calibration)
         if cal is not None:
@@ -106,7 +119,8 @@ def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str) -> dic
     pooled = {key: np.concatenate([p[key] for p in preds]) for key in preds[0]}
     _check_covers_test(dm, pooled)
     ours, base = split_metrics(pooled, dm, list(module.hparams.quantiles))
-    return {"every": every, "periods": periods, "test": ours, "baseline": {"test": base}}
+    return {"every": every, "warm_start": warm, "max_epochs": options.get("max_epochs"), "periods": periods,
+            "test": ours, "baseline": {"test": base}}
 
 
 def _check_covers_test(dm: TimeSeriesDataModule, pooled: dict) -> None:

@@ -39,9 +39,14 @@ class Fitted:
     shrinkage: dict | None
 
 
-def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -> Fitted:
-    """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation."""
+def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None, init: TFTModule | None = None) -> Fitted:
+    """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation.
+
+    `init`: a trained model whose weights this one starts from (a warm-started refit, fusioncast/refit.py);
+    the normalisation buffers stay this data's own."""
     module: TFTModule = hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+    if init is not None:
+        warm_start(module, init)
     callbacks = instantiate_list(cfg.get("callbacks"))
     if checkpoint_dir is not None:  # an ensemble member: checkpoints of its own
         for c in callbacks:
@@ -67,6 +72,17 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -
         if best:
             write_correction_scale(best, list(shrinkage["factors"].values()))
     return Fitted(module, best, trainer, callbacks, shrinkage)
+
+
+def warm_start(module: TFTModule, init: TFTModule) -> None:
+    """Copy `init`'s weights into `module` (same config, possibly refitted preprocessing)."""
+    own = module.net.state_dict()
+    keep = {"real_center", "real_scale", "correction_scale"}  # this fit's scalers; training starts at factor 1
+    given = {k: v for k, v in init.net.state_dict().items() if k not in keep}
+    wrong = [k for k, v in given.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"cannot warm-start from a model of another shape ({wrong[:3]}): the data's categories changed")
+    module.net.load_state_dict(given, strict=False)
 
 
 def fit_ensemble(cfg: DictConfig, dm, loggers: list, seeds: list[int]) -> tuple[TFTModule, str, list[Fitted], dict]:
@@ -106,6 +122,9 @@ def train(cfg: DictConfig) -> dict:
     seeds = ensemble_seeds((cfg.get("ensemble") or {}).get("seeds"))
     if seeds and cfg.get("ckpt_path"):
         raise ValueError("ckpt_path (resuming a fit) does not go with ensemble.seeds: an ensemble is trained afresh")
+    refit = cfg.get("refit") or {}
+    if seeds and refit.get("every") and refit.get("warm_start"):
+        raise ValueError("refit.warm_start needs one model to start from: it does not go with ensemble.seeds")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
@@ -136,7 +155,7 @@ def train(cfg: DictConfig) -> dict:
         if every:  # one more training per period of the test span (fusioncast/refit.py)
             from fusioncast.refit import refit_backtest
 
-            metrics["refit"] = refit_backtest(cfg, dm, str(every))
+            metrics["refit"] = refit_backtest(cfg, dm, str(every), initial=None if ensemble else module)
         write_metrics(metrics, cfg.paths.output_dir)
         if cfg.get("export"):
             from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting
