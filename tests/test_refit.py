@@ -46,6 +46,8 @@ def test_refit_block_scores_the_test_windows(tmp_path):
     assert refit["every"] == "2D" and len(refit["periods"]) >= 2
     assert sum(p["n_windows"] for p in refit["periods"]) == metrics["test"]["n_windows"] == refit["test"]["n_windows"]
     assert all(p["checkpoint"] for p in refit["periods"])
+    # the TINY split is by fractions, so the first period is trained afresh, not taken from the run
+    assert refit["periods"][0]["checkpoint"] != metrics["best_checkpoint"]
     assert np.isfinite(refit["test"]["mae"]) and refit["baseline"]["test"]["mae"] == pytest.approx(
         metrics["baseline"]["test"]["mae"])
     with pytest.raises(ValueError, match="refit.every"):
@@ -74,3 +76,17 @@ def test_warm_started_refits_fine_tune_the_model_before(tmp_path):
     with pytest.raises(ValueError, match="warm_start"):
         train(compose_config("train.yaml", tmp_path / "e", TINY + ["refit.every=2D", "refit.warm_start=true",
                                                                    "ensemble.seeds=[1,2]"]))
+
+
+def test_first_period_reuses_the_run_model_when_the_split_is_the_runs(tmp_path):
+    from fusioncast.train import train
+
+    cfg = compose_config("train.yaml", tmp_path, TINY)
+    dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+    dm.setup()
+    val, test = (pd.Timestamp(window_times(dm, *dm.windows(s)).min()) for s in ("val", "test"))
+    cfg = compose_config("train.yaml", tmp_path, TINY + [f"data.val_start='{val}'", f"data.test_start='{test}'",
+                                                         "refit.every=3D", "trainer.max_epochs=1"])
+    metrics = train(cfg)
+    assert metrics["refit"]["periods"][0]["checkpoint"] == metrics["best_checkpoint"]
+    assert metrics["refit"]["test"]["n_windows"] == metrics["test"]["n_windows"]

@@ -67,13 +67,15 @@ def period_config(cfg: DictConfig, start: pd.Timestamp, end: pd.Timestamp | None
     return out
 
 
-def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str, initial=None) -> dict:
+def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str, initial=None,
+                   initial_checkpoint: str = "") -> dict:
     """metrics.json's `refit` block: one training per period of the test span, forecasts pooled and scored
     on the run's test windows (`dm`, the run's own data module), next to the seasonal-naive baseline.
 
     With `refit.warm_start` each period's model starts from the one before it (the first from `initial`,
     the run's own model) and trains for `refit.max_epochs` (null: the run's max_epochs): fine-tuning on
-    the data that arrived, much cheaper than training afresh. Seed ensembles refit afresh only."""
+    the data that arrived, much cheaper than training afresh. Seed ensembles refit afresh only. When the
+    first period's split is the run's own (timestamps), `initial` (the run's model) serves it as it is."""
     from fusioncast.ensemble import ensemble_seeds
     from fusioncast.train import fit, fit_ensemble
 
@@ -97,7 +99,9 @@ def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str, initia
         t0 = time.perf_counter()
         pdm = hydra.utils.instantiate(pcfg.data, _convert_="object")
         pdm.setup("fit")
-        if seeds:
+        if k == 0 and initial is not None and _same_split(cfg, pcfg):  # trained on this period's data already
+            module, best = initial, initial_checkpoint
+        elif seeds:
             module, best, *_ = fit_ensemble(pcfg, pdm, [], seeds)
         else:
             if pcfg.get("seed") is not None:
@@ -121,6 +125,17 @@ def refit_backtest(cfg: DictConfig, dm: TimeSeriesDataModule, every: str, initia
     ours, base = split_metrics(pooled, dm, list(module.hparams.quantiles))
     return {"every": every, "warm_start": warm, "max_epochs": options.get("max_epochs"), "periods": periods,
             "test": ours, "baseline": {"test": base}}
+
+
+def _same_split(cfg: DictConfig, pcfg: DictConfig) -> bool:
+    """Whether a period's validation and test start where the run's do (the run split by timestamps)."""
+    keys = ("val_start", "test_start")
+    if any(not isinstance(cfg.data[k], str) for k in keys):  # a fraction of each series' span
+        return False
+    try:
+        return all(pd.Timestamp(cfg.data[k]) == pd.Timestamp(pcfg.data[k]) for k in keys)
+    except ValueError:
+        return False
 
 
 def _check_covers_test(dm: TimeSeriesDataModule, pooled: dict) -> None:

@@ -155,7 +155,7 @@ def train(cfg: DictConfig) -> dict:
         if every:  # one more training per period of the test span (fusioncast/refit.py)
             from fusioncast.refit import refit_backtest
 
-            metrics["refit"] = refit_backtest(cfg, dm, str(every), initial=None if ensemble else module)
+            metrics["refit"] = refit_backtest(cfg, dm, str(every), initial=module, initial_checkpoint=best)
         write_metrics(metrics, cfg.paths.output_dir)
         if cfg.get("export"):
             from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting
