@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import importlib
+import importlib.util
 import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import httpx
 import orjson
@@ -164,3 +166,52 @@ def test_config_from_env():
         config_from_env({"FUSIONCAST_SERVE_CONFIG": "{threads: 2}"})
     with pytest.raises(ValueError, match="horizon"):
         config_from_env({"FUSIONCAST_SERVE_CONFIG": '{"horizon": 3}'})
+
+
+def test_sam_template_lints_and_wires_the_image_to_the_handler():
+    from cfnlint.api import lint_file
+    from cfnlint.decode import decode
+
+    path = ROOT / "deploy" / "aws" / "template.yaml"
+    assert [str(m) for m in lint_file(path)] == []
+    template, errors = decode(str(path))
+    assert not errors, errors
+    fn = template["Resources"]["ForecastFunction"]["Properties"]
+    dockerfile = (ROOT / "Dockerfile.lambda").read_text()
+    # the function runs the image's handler, which exists (not imported here: its import is the cold start)
+    (command,) = fn["ImageConfig"]["Command"]
+    assert f'CMD ["{command}"]' in dockerfile and command.endswith(".handler")
+    assert importlib.util.find_spec(command.rsplit(".", 1)[0]) is not None
+    assert "FROM public.ecr.aws/lambda/python:3.12" in dockerfile and '".[lambda]"' in dockerfile
+    assert fn["PackageType"] == "Image" and fn["FunctionUrlConfig"]["AuthType"] == {"Ref": "UrlAuthType"}
+    params = template["Parameters"]
+    assert params["UrlAuthType"]["Default"] == "AWS_IAM" and params["ApiToken"]["NoEcho"] is True
+    # the environment the handler reads: the default settings parse
+    env = fn["Environment"]["Variables"]
+    assert env["FUSIONCAST_SERVE_CONFIG"] == {"Ref": "ServeConfig"}
+    config_from_env({"FUSIONCAST_SERVE_CONFIG": params["ServeConfig"]["Default"]})
+    assert "FUSIONCAST_API_TOKEN" in env
+
+
+def test_a_fresh_process_answers_alike_without_torch_or_pyarrow(handler, stallion, example, tmp_path):
+    """The cold-start benchmark's own run (module-level init in a new interpreter), with pyarrow made
+    unimportable as the Lambda image has it: forecasts, 4xx and routes answered as by this process."""
+    spec = importlib.util.spec_from_file_location("bench_lambda", ROOT / "scripts" / "bench_lambda_cold_start.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    requests = [("POST", "/v1/forecast", orjson.dumps(example)),
+                ("POST", "/v1/forecast", orjson.dumps({**example, "interpretation": True})),
+                *[("POST", "/v1/forecast", body) for _, body, _, _ in bodies(example, STALLION)],
+                ("GET", "/v1/model", None), ("GET", "/readyz", None), ("GET", "/nope", None)]
+    events = []
+    for i, (method, path, body) in enumerate(requests):
+        events.append(http_event(EVENTS["function-url"], method, path, body, encoded=i % 2 == 1, headers=JSON))
+        (tmp_path / f"event{i}.json").write_text(json.dumps(events[-1]))
+    files = [tmp_path / f"event{i}.json" for i in range(len(events))]
+    r = bench.cold_start(Path(sys.executable), stallion.path, files[0], tmp_path / "cache", block=("pyarrow",),
+                         more_events=tuple(files))
+    assert not {"torch", "lightning", "hydra", "pyarrow", "uvicorn"} & set(r["modules"]), r["modules"]
+    assert all(r[phase] > 0 for phase in ("import", "ort", "init", "first")) and r["maxrss_mb"] > 0
+    for (method, path, _), event, got in zip(requests, events, r["answers"]):
+        assert got == json.loads(json.dumps(handler(event, None))), (method, path, got["statusCode"])
+    assert {a["statusCode"] for a in r["answers"]} >= {200, 400, 404, 422}
