@@ -12,7 +12,7 @@ has is answered exactly as over HTTP. Two things differ from Mangum's defaults:
   time, so nothing ever queues behind a call: the model thread would only add two thread wake-ups.
 
 Lambda's own limits: a synchronous invocation's response is at most 6 MB, so a larger answer becomes a
-413 here (fewer series, or no interpretation) rather than AWS's bare 502.
+413 here (fewer series, or no interpretation) rather than an invocation error from AWS.
 
 The entry point is `fusioncast.serve.lambda_entry.handler`; configuration from the environment
 (`config_from_env`).
