@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from fusioncast.serve.app import ServeConfig
-from fusioncast.serve.aws_lambda import RESPONSE_LIMIT, config_from_env, http_event
+from fusioncast.serve.aws_lambda import LAMBDA_DEFAULTS, RESPONSE_LIMIT, config_from_env, http_event
 from tests.conftest import ROOT, needs_shared
 from tests.serve.cases import bodies, random_bodies
 from tests.serve.test_requests import STALLION, forecast_table, requests_for
@@ -157,13 +157,17 @@ def test_config_from_env():
     c = config_from_env({"LAMBDA_TASK_ROOT": "/var/task"})
     defaults = ServeConfig(bundle="/var/task/bundle")
     # every batch inline, no wait: one request at a time per execution environment
-    assert asdict(c) == {**asdict(defaults), "inline_max_series": defaults.max_series, "max_wait_ms": 0.0}
+    lambda_defaults = {k: v for k, v in LAMBDA_DEFAULTS.items() if k in asdict(defaults)}
+    assert asdict(c) == {**asdict(defaults), **lambda_defaults, "inline_max_series": defaults.max_series}
+    assert c.max_wait_ms == 0
     c = config_from_env({"FUSIONCAST_BUNDLE": "/b", "FUSIONCAST_SERVE_CONFIG": '{"max_series": 50, "threads": 2}'})
     assert (c.bundle, c.max_series, c.inline_max_series, c.threads) == ("/b", 50, 50, 2)
     c = config_from_env({"FUSIONCAST_SERVE_CONFIG": '{"inline_max_series": 1, "max_wait_ms": 2}'})
     assert (c.inline_max_series, c.max_wait_ms) == (1, 2)
     with pytest.raises(ValueError, match="FUSIONCAST_SERVE_CONFIG is not JSON"):
         config_from_env({"FUSIONCAST_SERVE_CONFIG": "{threads: 2}"})
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        config_from_env({"FUSIONCAST_SERVE_CONFIG": "[2]"})
     with pytest.raises(ValueError, match="horizon"):
         config_from_env({"FUSIONCAST_SERVE_CONFIG": '{"horizon": 3}'})
 

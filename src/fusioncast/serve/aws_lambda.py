@@ -41,20 +41,27 @@ log = logging.getLogger("fusioncast.serve")
 ENV_BUNDLE = "FUSIONCAST_BUNDLE"  # the bundle directory; default: `bundle` in the function's code directory
 # what a synchronous invocation may return (AWS's documented quota, 6 MB)
 RESPONSE_LIMIT = 6 * 1024 * 1024
+# ServeConfig fields that default otherwise on Lambda (inline_max_series: max_series, below): one request
+# at a time per environment, so no wait for a batch to fill; and any Host, as requests only reach the
+# function through AWS's endpoints (function URL, API Gateway, a custom domain), whatever their name
+LAMBDA_DEFAULTS = {"max_wait_ms": 0.0, "allowed_hosts": ["*"]}
 
 
 def config_from_env(environ: dict[str, str] | None = None) -> ServeConfig:
     """The app's config on Lambda: the bundle from $FUSIONCAST_BUNDLE (default $LAMBDA_TASK_ROOT/bundle),
     every other ServeConfig field from $FUSIONCAST_SERVE_CONFIG (JSON, as for the CLI's workers), over
-    the Lambda defaults (every batch inline, no wait for a batch to fill)."""
+    the Lambda defaults (LAMBDA_DEFAULTS; every batch inline)."""
     environ = os.environ if environ is None else environ
     try:
         given = json.loads(environ.get(ENV_CONFIG) or "{}")
     except ValueError as e:
         raise ValueError(f"${ENV_CONFIG} is not JSON: {e}") from None
+    if not isinstance(given, dict):
+        raise ValueError(f"${ENV_CONFIG} must be a JSON object of ServeConfig fields, not {given!r}")
     settings = asdict(ServeConfig(bundle=os.path.join(environ.get("LAMBDA_TASK_ROOT", "."), "bundle")))
     del settings["inline_max_series"]  # default: max_series, whatever that is set to
-    settings.update({"max_wait_ms": 0.0, **given})
+    settings.update({k: v for k, v in LAMBDA_DEFAULTS.items() if k in settings})  # the fields this server has
+    settings.update(given)
     settings.setdefault("inline_max_series", settings["max_series"])
     if environ.get(ENV_BUNDLE):
         settings["bundle"] = environ[ENV_BUNDLE]
