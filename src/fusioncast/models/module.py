@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+import sys
 
 import lightning as L
 import torch
@@ -38,6 +38,9 @@ class TFTModule(L.LightningModule):
     correction of the skip by factors chosen on validation (fusioncast/shrinkage.py).
     ``ensemble_size`` > 1 makes the network a TFTEnsemble of that many such TFTs, whose forecasts are
     averaged; it is assembled from separately trained members (fusioncast/ensemble.py), never fit as one.
+    ``optimizer`` / ``scheduler`` are plain config dicts (``_target_`` naming a torch.optim optimizer /
+    torch.optim.lr_scheduler scheduler, and its arguments), built in configure_optimizers: checkpoints
+    then hold plain data only (fusioncast/checkpoint.py).
     """
 
     def __init__(
@@ -48,8 +51,8 @@ class TFTModule(L.LightningModule):
         dropout: float = 0.1,
         lstm_layers: int = 1,
         quantiles: list[float] = (0.1, 0.5, 0.9),
-        optimizer: partial | None = None,
-        scheduler: partial | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
         variable_size: int | None = 8,
         compile: bool = False,
         compile_mode: str | None = None,
@@ -70,6 +73,10 @@ class TFTModule(L.LightningModule):
             raise ValueError(f"linear_skip_fit must be train or lstsq, got {linear_skip_fit!r}")
         if ensemble_size < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size!r}")
+        for name, spec, package in (("optimizer", optimizer, "torch.optim"),
+                                    ("scheduler", scheduler, "torch.optim.lr_scheduler")):
+            if spec is not None:
+                torch_class(spec, name, package)  # refused here, not at the first fit
         self.save_hyperparameters(logger=False)
 
         def tft() -> TemporalFusionTransformer:
@@ -156,11 +163,38 @@ class TFTModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
 
     def configure_optimizers(self):
-        make = self.hparams.optimizer or partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4)
-        opt = make(params=self.parameters())
+        spec = self.hparams.optimizer or DEFAULT_OPTIMIZER
+        opt = torch_class(spec, "optimizer", "torch.optim")(self.parameters(), **_arguments(spec))
         for group in opt.param_groups:
             group["lr"] *= self.lr_factor()
-        if self.hparams.scheduler is None:
+        spec = self.hparams.scheduler
+        if spec is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=opt),
-                                                   "monitor": "val/loss", "interval": "epoch"}}
+        scheduler = torch_class(spec, "scheduler", "torch.optim.lr_scheduler")(opt, **_arguments(spec))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}
+
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 1e-4}
+
+
+def torch_class(spec: dict, name: str, package: str) -> type:
+    """The class a config dict's `_target_` names in `package` (torch.optim or torch.optim.lr_scheduler).
+
+    Looked up among torch's already imported modules, never imported by name: a checkpoint's
+    hyperparameters are data, and a `_target_` read from one must not reach anything else."""
+    target = spec.get("_target_") if isinstance(spec, dict) else None
+    example = f"{package}.{'AdamW' if name == 'optimizer' else 'ReduceLROnPlateau'}"
+    if not isinstance(target, str):
+        raise ValueError(f"model.{name} must be a config dict with a _target_ (e.g. {example}), got {spec!r}")
+    module, _, attr = target.rpartition(".")
+    found = getattr(sys.modules[module], attr, None) if module.split(".")[:2] == ["torch", "optim"] and (
+        module in sys.modules) else None
+    base = torch.optim.Optimizer if name == "optimizer" else (torch.optim.lr_scheduler.LRScheduler,
+                                                              torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ValueError(f"model.{name}._target_ must name a {package} {name} (e.g. {example}), got {target!r}")
+    return found
+
+
+def _arguments(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if not k.startswith("_")}
