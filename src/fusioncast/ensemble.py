@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from fusioncast import checkpoint
-from fusioncast.models.module import TFTModule
+from fusioncast.models.module import RNG_KEY, TFTModule
 
 ENSEMBLE_FILE = "ensemble.ckpt"
 
@@ -59,7 +59,7 @@ def write_checkpoint(module: TFTModule, member_checkpoint: str, path: str | Path
     and hyperparameters (the datamodule's fitted state, versions) from a member's checkpoint. Optimiser and
     callback states are left out: an ensemble is not resumed."""
     ckpt = checkpoint.load(member_checkpoint)
-    for key in ("optimizer_states", "lr_schedulers", "callbacks", "loops"):
+    for key in ("optimizer_states", "lr_schedulers", "callbacks", "loops", RNG_KEY):
         ckpt.pop(key, None)
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     ckpt["hyper_parameters"] = dict(module.hparams)

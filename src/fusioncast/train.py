@@ -19,6 +19,7 @@ from fusioncast.calibration import Calibration
 from fusioncast.evaluate import evaluate_model, write_metrics
 from fusioncast.models.module import TFTModule
 from fusioncast.report import write_plots, write_report
+from fusioncast.resume import check_fits, resumed_config
 from fusioncast.tracking import log_results
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def train(cfg: DictConfig) -> dict:
     # fitted here, before any DDP process starts; under DDP every rank then adopts rank 0's fit
     dm.setup("fit")
     if resumed is not None:
+        check_fits(resumed, ckpt_path, dict(dm.hparams), dict(build_module(cfg, dm).hparams))
         log.info("resuming from %s (epoch %s)", ckpt_path, resumed.get("epoch"))
     loggers = instantiate_list(cfg.get("logger"))
     for lg in loggers:
@@ -161,7 +163,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    metrics = train(resumed_config(cfg))
     # the value an Optuna sweep minimises: `optimized_metric` as "split/metric", e.g. "val/mae"
     name = cfg.get("optimized_metric")
     if name and metrics:

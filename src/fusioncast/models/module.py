@@ -9,9 +9,13 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
+from fusioncast import rng
 from fusioncast.data.windows import Batch
 from fusioncast.models.ensemble import TFTEnsemble
 from fusioncast.models.tft import TemporalFusionTransformer
+
+
+RNG_KEY = "rng_states"  # checkpoint key of the generators' states at the time of saving (fusioncast/rng.py)
 
 
 def quantile_loss(pred: Tensor, target: Tensor, mask: Tensor, quantiles: Tensor, scale: Tensor) -> Tensor:
@@ -89,6 +93,7 @@ class TFTModule(L.LightningModule):
         self.net = tft() if ensemble_size == 1 else TFTEnsemble([tft() for _ in range(ensemble_size)])
         self.register_buffer("quantiles", torch.tensor(list(quantiles), dtype=torch.float32), persistent=False)
         self.median = min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))
+        self._rng_to_restore: dict | None = None
 
     def forward(self, *inputs: Tensor, return_interpretation: bool = False):
         return self.net(*inputs, return_interpretation=return_interpretation)
@@ -110,6 +115,22 @@ class TFTModule(L.LightningModule):
                 # every window on every rank (not the rank's shard), so that all ranks solve the same fit
                 loader = BatchLoader(dm.tensors(self.device), *dm.windows("train"), batch_size=4096)
                 fit_linear_skip(self.net, loader)
+
+    # ---- exact resume: the generators continue where the checkpoint left them --------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[RNG_KEY] = rng.collect()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:
+        # after the sanity check (which Lightning runs with the generators isolated), before the first batch
+        if self._rng_to_restore is not None:
+            rng.restore(self._rng_to_restore)
+            self._rng_to_restore = None
+        # a fit that early stopping had ended stays ended (Lightning does not save should_stop)
+        if self.trainer.ckpt_path and any(c.wait_count >= c.patience for c in self.trainer.early_stopping_callbacks):
+            self.trainer.should_stop = True
 
     def _step(self, batch: Batch, stage: str) -> Tensor:
         pred = self(*batch.inputs())
@@ -161,6 +182,24 @@ class TFTModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
+        # The epoch's scheduler step, here rather than where Lightning steps (after the epoch's checkpoint
+        # is written, and skipped for that epoch on resume): so the checkpoint holds the stepped state.
+        if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # an epoch cut short (max_steps): no step, as Lightning
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval != "epoch" or (self.current_epoch + 1) % config.frequency:
+                continue
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get(config.monitor)
+                if metric is None:
+                    raise ValueError(f"the scheduler ReduceLROnPlateau needs {config.monitor}, which this epoch did "
+                                     "not log (validation off?): set model.scheduler=null or validate every epoch")
+                config.scheduler.step(metric)
+            else:
+                config.scheduler.step()
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Lightning's step: none (on_train_epoch_end has stepped the scheduler)."""
 
     def configure_optimizers(self):
         spec = self.hparams.optimizer or DEFAULT_OPTIMIZER
