@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from fusioncast import checkpoint
 from fusioncast.checkpoint import CheckpointError, SafeCheckpointIO
 from fusioncast.data.windows import BatchLoader
+from fusioncast.resume import merged_overrides
 from fusioncast.train import train
 from tests.conftest import TINY, compose_config
 
@@ -169,3 +170,10 @@ def test_another_config_is_refused_naming_what_differs(stopped, tmp_path):
     with pytest.raises(ValueError, match=r"another config.*data\.max_prediction_length: 12 .* 6 now.*model\.hidden_size"):
         train(cfg)
     assert not (out / "csv").exists()
+
+
+def test_the_command_line_overrides_replace_the_runs_own():
+    run = ["data=stallion", "trainer.max_epochs=5", "+trainer.num_sanity_val_steps=0", "model.hidden_size=16"]
+    assert merged_overrides(run, ["trainer.max_epochs=9", "ckpt_path=x.ckpt"]) == [
+        "data=stallion", "+trainer.num_sanity_val_steps=0", "model.hidden_size=16", "trainer.max_epochs=9",
+        "ckpt_path=x.ckpt"]

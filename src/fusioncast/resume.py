@@ -12,8 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-import yaml
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     recorded = run / ".hydra" / "overrides.yaml"
     given = list(HydraConfig.get().overrides.task)
     if recorded.is_file():
-        overrides = merged_overrides(yaml.safe_load(recorded.read_text()) or [], given)
+        overrides = merged_overrides(list(OmegaConf.load(recorded) or []), given)
         cfg = compose(config_name=HydraConfig.get().job.config_name, overrides=overrides)
         log.info("resuming %s with its overrides: %s", run, " ".join(overrides))
     with open_dict(cfg):
