@@ -151,11 +151,11 @@ def median_ms(f, repeat: int, budget_s: float = 10.0) -> float:
 def model_only(bundle_dir: Path, ckpt: str, inputs: dict[str, np.ndarray]) -> list[dict]:
     import torch
 
+    from fusioncast.checkpoint import load_model
     from fusioncast.data.inference import INPUT_NAMES
-    from fusioncast.models.module import TFTModule
     from fusioncast.serve.bundle import Bundle, Model
 
-    net = TFTModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).net.eval()
+    net = load_model(ckpt)[0].net.eval()
     bundle = Bundle.load(bundle_dir)
     rows = []
     for threads in (1, 2):
@@ -165,7 +165,7 @@ def model_only(bundle_dir: Path, ckpt: str, inputs: dict[str, np.ndarray]) -> li
             x = {k: v[:batch] for k, v in inputs.items()}
             xt = [torch.from_numpy(x[n]) for n in INPUT_NAMES]
 
-            def eager(xt=xt):  # bound now: each batch size's own inputs
+            def eager(xt=xt):
                 with torch.inference_mode():
                     return net(*xt)
 

@@ -231,7 +231,7 @@ def _schemathesis(server, tmp_path, phases: str, max_examples: int) -> subproces
     cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
            f"{server.url}/openapi.json", "--phases", phases, "--max-examples", str(max_examples), "--workers", "1",
            "--seed", "1", "--request-timeout", "30"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # its cache goes there
 
 
 def test_schemathesis_against_the_servers_own_document(server, tmp_path):

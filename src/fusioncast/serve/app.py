@@ -1,6 +1,6 @@
 """The HTTP server: a FastAPI app around one bundle. No torch.
 
-    POST /v1/forecast   one or many series → quantile forecasts (serve/forecast.py)
+    POST /v1/forecast   one or many series → quantile forecasts (docs/reference/http-api.md)
     GET  /v1/model      the model's schema, vocabularies, metrics
     GET  /healthz       the process is up          GET /readyz   model loaded, not shutting down
     GET  /metrics       Prometheus text            GET /docs     Swagger UI of /openapi.json (served offline)

@@ -12,7 +12,7 @@ onnxruntime is tuned for a small model answering small batches: one intra-op thr
 graph optimised once (without the fusions in DISABLED_OPTIMIZERS) and cached on disk, keyed by the
 verified model's sha256, onnxruntime's version and those settings. A cached graph is used only when
 its own sha256 matches the record written next to it when it was made from the verified model, in a
-directory only this user can write.
+directory only this user (or root) can write.
 """
 
 from __future__ import annotations
@@ -289,9 +289,10 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path | None:
         log.info("not caching the optimised graph: %s", e)
         return None
     others_write = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-    if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or others_write:
-        log.warning("not using the graph cache %s: it must belong to this user and be writable by no one else "
-                    "(chmod go-w)", path)
+    # this user's, or root's (an image built as root, run as another user, as on AWS Lambda)
+    if (hasattr(os, "getuid") and st.st_uid not in (os.getuid(), 0)) or others_write:
+        log.warning("not using the graph cache %s: it must belong to this user (or root) and be writable by no "
+                    "one else (chmod go-w)", path)
         return None
     return path
 
