@@ -1,0 +1,161 @@
+"""fusioncast's Optuna sweeper (src/hydra_plugins/fusioncast_optuna_sweeper): search space, pruning, resume
+after a crash, and one study shared by two worker processes on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from hydra_plugins.fusioncast_optuna_sweeper._search_space import parse
+from tests import postgres
+from tests.conftest import TINY
+
+# the tiny synthetic run of tests/conftest.py as a sweep; data.max_encoder_length, model.hidden_size and
+# data.batch_size are fixed there, so the search is over attention heads, dropout and learning rate
+SWEEP = ["hparams_search=optuna", *TINY, "trainer.limit_val_batches=2", "hydra.sweeper.heartbeat_interval=1"]
+
+
+def sweep_command(tmp_path: Path, name: str, storage: str, study: str, n_trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fusioncast.train", *SWEEP, f"hydra.sweeper.storage={storage}",
+            f"hydra.sweeper.study_name={study}", f"hydra.sweeper.n_trials={n_trials}",
+            f"hydra.sweep.dir={tmp_path / name}", f"paths.log_dir={tmp_path}", *extra]
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def trial_metrics(sweep_dirs: list[Path], number: int) -> dict:
+    found = [d / str(number) / "metrics.json" for d in sweep_dirs if (d / str(number) / "metrics.json").exists()]
+    assert len(found) == 1, f"trial {number}: metrics.json in {found}"
+    return json.loads(found[0].read_text())
+
+
+def test_search_space_from_config_and_command_line():
+    space, fixed = parse(["model.hidden_size=choice(16, 32, 64)", "model.dropout=interval(0.0, 0.3)",
+                          "model.optimizer.lr=tag(log, interval(0.0003, 0.01))", "data.batch_size=range(32, 129, 32)",
+                          "model.attention_heads=tag(int, interval(1, 4))", "trainer.max_epochs=3",
+                          # the command line comes after the config: it narrows one range and fixes another
+                          "model.hidden_size=choice(8,16)", "model.dropout=0.1"])
+    assert space == {"model.hidden_size": CategoricalDistribution([8, 16]),
+                     "model.optimizer.lr": FloatDistribution(0.0003, 0.01, log=True),
+                     "data.batch_size": IntDistribution(32, 128, step=32),  # end-exclusive, as Hydra's range
+                     "model.attention_heads": IntDistribution(1, 4)}
+    assert fixed == {"trainer.max_epochs": "3", "model.dropout": "0.1"}
+    with pytest.raises(ValueError, match="data.x.*empty"):
+        parse(["data.x=range(5, 5)"])
+
+
+def test_sweeper_plugin_is_discovered():
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    names = [f"{p.__module__}.{p.__name__}" for p in Plugins.instance().discover(Sweeper)]
+    assert "hydra_plugins.fusioncast_optuna_sweeper.optuna_sweeper.OptunaSweeper" in names
+
+
+@pytest.mark.slow
+def test_hopeless_trial_is_pruned_and_a_rerun_continues_the_study(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    # no search space: each run fixes the learning rate, so trial 1 is the hopeless one (lr 0: never learns)
+    pruning = ["hydra.sweeper.params={}", "trainer.max_epochs=6", "callbacks.early_stopping.patience=10",
+               "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+               "hydra.sweeper.pruner.n_warmup_steps=1"]
+    run(sweep_command(tmp_path, "first", storage, "prune", 1, *pruning, "model.optimizer.lr=0.01"), tmp_path)
+    done = run(sweep_command(tmp_path, "second", storage, "prune", 2, *pruning, "model.optimizer.lr=0"), tmp_path)
+
+    study = optuna.load_study(study_name="prune", storage=storage)
+    good, hopeless = study.trials
+    assert good.state == TrialState.COMPLETE and len(good.intermediate_values) == 6
+    assert good.value == pytest.approx(trial_metrics([tmp_path / "first"], 0)["val"]["loss"])
+    # reported every epoch, stopped at the first epoch the pruner may act on (warm-up: 1 epoch)
+    assert hopeless.state == TrialState.PRUNED
+    assert sorted(hopeless.intermediate_values) == [0, 1]
+    assert hopeless.intermediate_values[1] > good.intermediate_values[1]
+    assert not (tmp_path / "second" / "1" / "metrics.json").exists()  # no evaluation of a pruned trial
+    assert "trial 1 pruned after 2 epochs" in done.stdout + done.stderr
+    results = (tmp_path / "second" / "optimization_results.yaml").read_text()
+    assert "complete: 1" in results and "pruned: 1" in results and "best_trial: 0" in results
+
+
+@pytest.mark.slow
+def test_sweep_killed_mid_trial_resumes_from_the_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = sweep_command(tmp_path, "run", storage, "resume", 3, "hydra.sweeper.grace_period=3")
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    # its own process group, so that the kill takes the launcher's worker process too (a machine going down)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (tmp_path / "run" / "1").exists():  # trial 0 done, trial 1 started
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before trial 1"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = optuna.load_study(study_name="resume", storage=storage).trials
+    assert [t.state for t in killed] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING]
+
+    run(cmd, tmp_path)  # the same command again
+    trials = optuna.load_study(study_name="resume", storage=storage).trials
+    # trial 1 went silent: failed, and run again (as trial 3) with its parameters; trial 2 ran from the queue
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
+                                         TrialState.COMPLETE]
+    assert trials[3].params == trials[1].params and trials[0].params != trials[2].params
+    for t in (trials[0], trials[2], trials[3]):
+        assert t.value == pytest.approx(trial_metrics([tmp_path / "run"], t.number)["val"]["loss"])
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The server .ci/run started (FUSIONCAST_TEST_POSTGRES_URL), else one of our own (tests/postgres.py)."""
+    if os.environ.get(postgres.URL_ENV):
+        yield os.environ[postgres.URL_ENV]
+        return
+    try:
+        server = postgres.start()
+    except (FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL test: {e}")
+        pytest.skip(f"no PostgreSQL server to test against: {e}")
+    yield server.url
+    server.stop()
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_on_postgresql(tmp_path, postgres_url):
+    study_name, n_trials = f"shared-{uuid.uuid4().hex[:8]}", 4
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(sweep_command(tmp_path, f"worker{i}", postgres_url, study_name, n_trials,
+                                              "hydra/sweeper/pruner=none"),
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    for w, out in zip(workers, outputs):
+        assert w.returncode == 0, out[-5000:]
+
+    trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
+    assert len(trials) == n_trials and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == n_trials
+    dirs = [tmp_path / "worker0", tmp_path / "worker1"]
+    for t in trials:
+        assert t.value == pytest.approx(trial_metrics(dirs, t.number)["val"]["loss"])
+    # both workers ran trials, and each one's results cover the whole study
+    assert all(any(p.name.isdigit() for p in d.iterdir()) for d in dirs)
+    for d in dirs:
+        assert f"complete: {n_trials}" in (d / "optimization_results.yaml").read_text()
