@@ -217,11 +217,11 @@ class OptunaSweeperImpl:
             except Exception as e:
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
-                failures.append(ret)
+                failures.append((trial.number, e))
         if failures and len(failures) / len(returns) > self.max_failure_rate:
-            log.error("%d of %d trials failed (max_failure_rate=%s)", len(failures), len(returns),
-                      self.max_failure_rate)
-            failures[0].return_value  # raises the first failure with its traceback
+            number, error = failures[0]
+            raise RuntimeError(f"{len(failures)} of {len(returns)} trials failed (hydra.sweeper.max_failure_rate="
+                               f"{self.max_failure_rate}); trial {number}: {type(error).__name__}: {error}") from error
 
     def _write_results(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
