@@ -1,6 +1,6 @@
 """The HTTP server: FastAPI app around a bundle, its request parser and the micro-batcher. No torch.
 
-    POST /v1/forecast   one or many series → quantile forecasts (DESIGN.md's API)
+    POST /v1/forecast   one or many series → quantile forecasts (docs/reference/http-api.md)
     GET  /v1/model      the model's schema, vocabularies, metrics
     GET  /healthz       the process is up          GET /readyz   model loaded, not shutting down
     GET  /metrics       Prometheus                 GET /docs     OpenAPI

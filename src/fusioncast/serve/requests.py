@@ -1,6 +1,6 @@
 """Validation of forecast requests and their fast encoding into model inputs (numpy, no pandas per request).
 
-A request (DESIGN.md's HTTP API):
+A request (the HTTP API, documented in docs/reference/http-api.md):
 
     {"series": [{"id": ..., "static": {col: value},
                  "history": {time_col: [...], target: [...], observed and known columns: [...]},
