@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -66,6 +67,65 @@ def test_sweeper_plugin_is_discovered():
 
     names = [f"{p.__module__}.{p.__name__}" for p in Plugins.instance().discover(Sweeper)]
     assert "hydra_plugins.fusioncast_optuna_sweeper.optuna_sweeper.OptunaSweeper" in names
+
+
+# a Hydra app with nothing of fusioncast in it: the sweeper on its own, in seconds
+APP = """
+import hydra
+
+@hydra.main(version_base="1.3", config_path=".", config_name="config")
+def main(cfg):
+    return (cfg.x - 1) ** 2 + (0 if cfg.y == "b" else 1)
+
+if __name__ == "__main__":
+    main()
+"""
+APP_CONFIG = """
+defaults:
+  - override hydra/sweeper: fusioncast_optuna
+  - _self_
+x: 0
+y: a
+hydra:
+  sweeper:
+    params:
+      x: interval(-2, 2)
+      y: choice(a, b)
+"""
+
+
+def run_app(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "config.yaml").write_text(APP_CONFIG)
+    cmd = [sys.executable, "app.py", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_sweeper_in_memory_and_grid(tmp_path):
+    done = run_app(tmp_path, "hydra.sweeper.n_trials=5", "hydra/launcher=basic")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    assert results.trials == {"complete": 5} and set(results.best_params) == {"x", "y"}
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4"]
+
+    # the grid sampler runs each combination once, however many trials are asked for
+    storage = f"sqlite:///{tmp_path}/grid.db"
+    done = run_app(tmp_path, "hydra/sweeper/sampler=grid", "x=range(0,3)", "hydra.sweeper.n_trials=100",
+                   f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=grid")
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="grid", storage=storage).trials
+    assert sorted((t.params["x"], t.params["y"]) for t in trials) == [(x, y) for x in range(3) for y in "ab"]
+    assert min(t.value for t in trials) == 0 and OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml"
+                                                                 ).best_params == {"x": 1, "y": "b"}
+
+
+def test_sweeper_refuses_what_cannot_work(tmp_path):
+    # trials in joblib processes cannot reach a study kept in the sweeper's memory
+    done = run_app(tmp_path, "hydra/launcher=joblib")
+    assert done.returncode != 0 and "hydra.sweeper.storage=null" in done.stderr
+    done = run_app(tmp_path, "hydra/launcher=basic", "hydra/sweeper/pruner=median",
+                   "hydra.sweeper.direction=[minimize,maximize]")
+    assert done.returncode != 0 and "single-objective" in done.stderr
 
 
 @pytest.mark.slow

@@ -41,6 +41,17 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def _tell(study: optuna.Study, trial: optuna.Trial, *args: Any, **kwargs: Any) -> optuna.trial.FrozenTrial:
+    """study.tell, where the grid sampler's study.stop() once its grid is done is no error (the queue ends the
+    sweep; the trial is recorded before the sampler's after_trial raises)."""
+    try:
+        return study.tell(trial, *args, **kwargs)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+        return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
 def _directions(direction: Any) -> list[str]:
     if isinstance(direction, str):
         return [direction]
@@ -105,9 +116,11 @@ class OptunaSweeperImpl:
             self._enqueue(study, n_trials)
             study.set_user_attr(BUDGET_ATTR, n_trials)
             return study
-        # a worker that created the study a moment ago may still be filling the queue
+        # a worker that created the study a moment ago may still be filling the queue (a study where something
+        # has run already is not being created)
         deadline = time.monotonic() + 60
-        while BUDGET_ATTR not in study.user_attrs and time.monotonic() < deadline:
+        while (BUDGET_ATTR not in study.user_attrs and time.monotonic() < deadline
+               and all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))):
             time.sleep(0.5)
         _fail_stale_trials(study)
         live = len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING, TrialState.WAITING)))
@@ -120,8 +133,9 @@ class OptunaSweeperImpl:
 
     @staticmethod
     def _enqueue(study: optuna.Study, n: int) -> None:
-        for _ in range(n):
-            study.enqueue_trial({})  # no parameters fixed: they are sampled when a worker takes the trial
+        # empty trials, not enqueue_trial({}): that one marks parameters as fixed, which the grid sampler then
+        # leaves alone; these are sampled when a worker takes them
+        study.add_trials([optuna.trial.create_trial(state=TrialState.WAITING) for _ in range(n)])
 
     def _take(self, study: optuna.Study, storage: Any, space: dict, fixed: dict) -> optuna.Trial | None:
         """A WAITING trial of the study made RUNNING by this worker (None when the queue is empty), sampled."""
@@ -145,12 +159,23 @@ class OptunaSweeperImpl:
     def _requeue(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
         """Trials stopped by an interrupt: failed, and queued again with their parameters (like a stale trial)."""
         for t in trials:
-            frozen = study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
+            frozen = _tell(study, t, state=TrialState.FAIL, skip_if_finished=True)
             study.enqueue_trial(frozen.params, user_attrs={**frozen.user_attrs, "retry_of": frozen.number})
             log.warning("trial %d interrupted: queued again with its parameters", frozen.number)
 
     # -- sweep -----------------------------------------------------------------------------------------
+    def _check(self) -> None:
+        pruning = not str(self.pruner_cfg.get("_target_", "")).endswith("NopPruner")
+        if pruning and len(self.directions) > 1:
+            raise ValueError("Optuna prunes single-objective studies only: hydra/sweeper/pruner=none with several "
+                             "directions")
+        if self.storage_cfg is None and type(self.launcher).__name__ != "BasicLauncher":
+            raise ValueError("hydra.sweeper.storage=null keeps the study in this process's memory, which trials run "
+                             "by another launcher (here %s) cannot reach: give a storage (an SQLite file, say) or "
+                             "use hydra/launcher=basic" % type(self.launcher).__name__)
+
     def sweep(self, arguments: list[str]) -> None:
+        self._check()
         declared = [f"{k}={v}" for k, v in (self.params or {}).items()]
         space, fixed = parse(declared + list(arguments))
         n_trials = self.n_trials
@@ -210,12 +235,12 @@ class OptunaSweeperImpl:
                 if storage.get_trial_system_attrs(trial._trial_id).get(DDP_PRUNED_ATTR):
                     raise optuna.TrialPruned("pruned under DDP")
                 values = [float(v) for v in (value if len(self.directions) > 1 else [value])]
-                study.tell(trial, values)
+                _tell(study, trial, values)
             except optuna.TrialPruned:
-                frozen = study.tell(trial, state=TrialState.PRUNED)
+                frozen = _tell(study, trial, state=TrialState.PRUNED)
                 log.info("trial %d pruned after %d epochs", frozen.number, len(frozen.intermediate_values))
             except Exception as e:
-                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                _tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
                 log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
                 failures.append((trial.number, e))
         if failures and len(failures) / len(returns) > self.max_failure_rate:

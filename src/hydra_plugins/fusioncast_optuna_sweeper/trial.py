@@ -28,5 +28,7 @@ def current_trial() -> Any:
     # a plain sampler: the parameters were drawn by the sweeper, the job only reports to the trial
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage, sampler=optuna.samplers.RandomSampler(),
                               pruner=instantiate(sweeper.pruner))
+    if len(study.directions) > 1:  # Optuna reports intermediate values of single-objective studies only
+        return None
     study_id = storage.get_study_id_from_name(study.study_name)
     return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, int(number)))
