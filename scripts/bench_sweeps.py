@@ -2,6 +2,7 @@
 
     python scripts/bench_sweeps.py                       # 20 trials, sampler seeds 1 and 2, nyc_taxi
     python scripts/bench_sweeps.py --trials 4 --max-epochs 2 --seeds 1   # a smoke run
+    python scripts/bench_sweeps.py --together   # both seeds' four sweeps at once (all under the same load)
 
 For each seed the two sweeps (`hparams_search=optuna` with `hydra/sweeper/pruner=<--pruner>`, and with
 `hydra/sweeper/pruner=none`) run at the same time, one thread each, so both see the same machine load. Each
@@ -53,30 +54,33 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--pruner", default="successive_halving")
-    p.add_argument("--max-epochs", type=int, default=10)
-    p.add_argument("--train-batches", type=int, default=40)
-    p.add_argument("--val-batches", type=int, default=20)
+    p.add_argument("--max-epochs", type=int, default=12)
+    p.add_argument("--train-batches", type=int, default=6)
+    p.add_argument("--val-batches", type=int, default=10)
+    p.add_argument("--together", action="store_true", help="run the sweeps of all seeds at the same time")
     p.add_argument("--out", type=Path, default=Path("bench_sweeps"))
     p.add_argument("overrides", nargs="*", help="more key=value overrides for both sweeps")
     args = p.parse_args()
     load = {"before": os.getloadavg()}
     results = []
-    for seed in args.seeds:
+    # all seeds at once (--together) or one seed after the other; the two sweeps of a seed always run together
+    rounds = [args.seeds] if args.together else [[s] for s in args.seeds]
+    for seeds in rounds:
         started = time.perf_counter()
-        runs = {kind: sweep(args.out, f"seed{seed}-{kind}", seed, pruner, args)
-                for kind, pruner in (("pruned", args.pruner), ("full", "none"))}
-        row = {"seed": seed}
-        pending = dict(runs)
+        pending = {(seed, kind): sweep(args.out, f"seed{seed}-{kind}", seed, pruner, args)
+                   for seed in seeds for kind, pruner in (("pruned", args.pruner), ("full", "none"))}
+        rows = {seed: {"seed": seed} for seed in seeds}
         while pending:
-            for kind, (proc, run_dir) in list(pending.items()):
+            for (seed, kind), (proc, run_dir) in list(pending.items()):
                 if proc.poll() is not None:
                     if proc.returncode:
                         sys.exit(f"{run_dir} failed: see {run_dir}/sweep.log")
-                    row[kind] = summary(run_dir, f"seed{seed}-{kind}", time.perf_counter() - started)
-                    del pending[kind]
+                    rows[seed][kind] = summary(run_dir, f"seed{seed}-{kind}", time.perf_counter() - started)
+                    del pending[(seed, kind)]
             time.sleep(1)
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        for row in rows.values():
+            results.append(row)
+            print(json.dumps(row), flush=True)
     load["after"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_sweeps.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

@@ -119,6 +119,18 @@ def test_sweeper_in_memory_and_grid(tmp_path):
                                                                  ).best_params == {"x": 1, "y": "b"}
 
 
+def test_parallel_trials_in_joblib_processes(tmp_path):
+    storage = f"sqlite:///{tmp_path}/par.db"
+    done = run_app(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+                   "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=par")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("is launching 2 jobs") == 2
+    trials = optuna.load_study(study_name="par", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    # drawn while the other trial of their launch was running (constant liar): no two alike
+    assert len({(t.params["x"], t.params["y"]) for t in trials}) == 4
+
+
 def test_sweeper_refuses_what_cannot_work(tmp_path):
     # trials in joblib processes cannot reach a study kept in the sweeper's memory
     done = run_app(tmp_path, "hydra/launcher=joblib")
