@@ -131,6 +131,28 @@ def test_parallel_trials_in_joblib_processes(tmp_path):
     assert len({(t.params["x"], t.params["y"]) for t in trials}) == 4
 
 
+def test_two_workers_share_a_journal_file(tmp_path):
+    """Optuna's journal file storage (no database server, NFS-friendly): a path instead of a URL."""
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "config.yaml").write_text(APP_CONFIG)
+    journal = tmp_path / "studies" / "app.log"
+    workers = [subprocess.Popen([sys.executable, "app.py", "-m", f"hydra.sweep.dir={tmp_path / f'w{i}'}",
+                                 "hydra/launcher=basic", f"hydra.sweeper.storage={journal}",
+                                 "hydra.sweeper.study_name=journal", "hydra.sweeper.n_trials=8",
+                                 "hydra.sweep.subdir=${hydra.sweeper.trial}"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    for w in workers:
+        out = w.communicate(timeout=300)[0]
+        assert w.returncode == 0, out[-3000:]
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    trials = optuna.load_study(study_name="journal", storage=JournalStorage(JournalFileBackend(str(journal)))).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    ran = sorted(int(p.name) for i in range(2) for p in (tmp_path / f"w{i}").iterdir() if p.name.isdigit())
+    assert ran == list(range(8))  # each trial ran once, in one of the two workers
+
+
 def test_sweeper_refuses_what_cannot_work(tmp_path):
     # trials in joblib processes cannot reach a study kept in the sweeper's memory
     done = run_app(tmp_path, "hydra/launcher=joblib")
