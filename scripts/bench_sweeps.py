@@ -6,8 +6,9 @@
 
 For each seed the two sweeps (`hparams_search=optuna` with `hydra/sweeper/pruner=<--pruner>`, and with
 `hydra/sweeper/pruner=none`) run at the same time, one thread each, so both see the same machine load. Each
-reports its wall time, the best validation loss of its study (val/loss of the best trial's metrics.json)
-and the epochs its trials trained. Results go to <out>/bench_sweeps.json and a Markdown table to stdout.
+reports its wall time, its CPU time (the sweep process and its trial processes), the best validation loss
+of its study (val/loss of the best trial's metrics.json) and the epochs its trials trained. Results go to
+<out>/bench_sweeps.json and a Markdown table to stdout.
 """
 
 from __future__ import annotations
@@ -72,10 +73,15 @@ def main() -> None:
         rows = {seed: {"seed": seed} for seed in seeds}
         while pending:
             for (seed, kind), (proc, run_dir) in list(pending.items()):
-                if proc.poll() is not None:
+                # wait4: the CPU time of the sweep and of its trial processes, which the machine's load does
+                # not stretch the way it stretches wall time
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
                     if proc.returncode:
                         sys.exit(f"{run_dir} failed: see {run_dir}/sweep.log")
                     rows[seed][kind] = summary(run_dir, f"seed{seed}-{kind}", time.perf_counter() - started)
+                    rows[seed][kind]["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
                     del pending[(seed, kind)]
             time.sleep(1)
         for row in rows.values():
@@ -86,15 +92,18 @@ def main() -> None:
     (args.out / "bench_sweeps.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                             "load": load, "results": results}, indent=2))
     print(f"\nload average before {load['before']}, after {load['after']}\n")
-    print("| sampler seed | sweep | wall time (s) | best val loss | trials complete / pruned | epochs trained |")
-    print("|---|---|---|---|---|---|")
+    print("| sampler seed | sweep | wall time (s) | CPU time (s) | best val loss | trials complete / pruned | "
+          "epochs trained |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         for kind in ("full", "pruned"):
             s = r[kind]
             label = "no pruning" if kind == "full" else f"pruner={args.pruner}"
-            print(f"| {r['seed']} | {label} | {s['wall_s']} | {s['best_val_loss']:.4f} | {s['complete']} / "
-                  f"{s['pruned']} | {s['epochs']} |")
-        print(f"| {r['seed']} | ratio | {r['full']['wall_s'] / r['pruned']['wall_s']:.2f}x less time | | | |")
+            print(f"| {r['seed']} | {label} | {s['wall_s']} | {s['cpu_s']} | {s['best_val_loss']:.4f} | "
+                  f"{s['complete']} / {s['pruned']} | {s['epochs']} |")
+        f, p = r["full"], r["pruned"]
+        print(f"| {r['seed']} | ratio | {f['wall_s'] / p['wall_s']:.2f}x | {f['cpu_s'] / p['cpu_s']:.2f}x | | | "
+              f"{f['epochs'] / p['epochs']:.2f}x |")
 
 
 if __name__ == "__main__":
