@@ -174,13 +174,12 @@ def run_pf(dm, cfg, kind: str, quick: bool) -> dict:
                          limit_train_batches=limit, limit_val_batches=cfg.trainer.limit_val_batches,
                          callbacks=[EarlyStopping("val_loss", patience=int(cfg.callbacks.early_stopping.patience))],
                          enable_progress_bar=False, enable_model_summary=False, logger=False,
-                         default_root_dir=str(Path(cfg.paths.output_dir) / "pf"))
+                         # no checkpoint: Lightning's default one (no monitor) held the last epoch's weights,
+                         # the ones `tft` has after fit; its hyperparameters hold objects a safe load refuses
+                         enable_checkpointing=False, default_root_dir=str(Path(cfg.paths.output_dir) / "pf"))
     t0 = time.perf_counter()
     trainer.fit(tft, train_dataloaders=train_dl, val_dataloaders=val_dl)
     seconds = time.perf_counter() - t0
-    best = trainer.checkpoint_callback.best_model_path
-    if best:
-        tft = TemporalFusionTransformer.load_from_checkpoint(best, weights_only=False)
     with torch.inference_mode():
         p = tft.predict(eval_dl, mode="quantiles", return_y=True,
                         trainer_kwargs=dict(accelerator="cpu", logger=False, enable_progress_bar=False))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fusioncast import checkpoint
 from fusioncast.calibration import METHODS, Calibration, cross_fit
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.data.windows import BatchLoader
@@ -126,16 +127,13 @@ def load_checkpoint(ckpt_path: str, data_overrides: dict | None = None, device: 
     `data_overrides` replace keys of the stored data config (e.g. `path` to point at another copy).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    state = ckpt.get(TimeSeriesDataModule.__qualname__)
-    if state is None:
-        raise ValueError(f"{ckpt_path} is not a fusioncast checkpoint (no {TimeSeriesDataModule.__qualname__} state)")
+    ckpt = checkpoint.load(ckpt_path)
+    state = checkpoint.data_state(ckpt, ckpt_path)
     hparams = {**state["hparams"], **{k: v for k, v in (data_overrides or {}).items() if v is not None}}
     dm = TimeSeriesDataModule(**hparams)
     dm.load_state_dict(state)
     dm.setup("test")
-    module = TFTModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=False)
-    return module, dm
+    return checkpoint.model_from(ckpt, ckpt_path, device), dm
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")

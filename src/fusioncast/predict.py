@@ -196,12 +196,11 @@ def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner, Cal
 
     import torch
 
-    from fusioncast.data.datamodule import TimeSeriesDataModule
-    from fusioncast.models.module import TFTModule
+    from fusioncast import checkpoint
 
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)[TimeSeriesDataModule.__qualname__]
-    pp = Preprocessor.from_dict(state["preprocessor"])
-    module = TFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False).eval()
+    module, ckpt = checkpoint.load_model(ckpt_path)
+    module.eval()
+    pp = Preprocessor.from_dict(checkpoint.data_state(ckpt, ckpt_path)["preprocessor"])
     metrics_file = Path(ckpt_path).resolve().parent.parent / "metrics.json"
     calibration = Calibration.from_dict(json.loads(metrics_file.read_text()).get("calibration")) if (
         metrics_file.is_file()) else None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fusioncast import checkpoint
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.evaluate import predict_split
 from fusioncast.models.module import TFTModule, quantile_loss
@@ -67,6 +68,6 @@ def choose_correction_scale(module: TFTModule, dm: TimeSeriesDataModule, split: 
 
 def write_correction_scale(ckpt_path: str, factors: list[float]) -> None:
     """Store the chosen factors in a Lightning checkpoint's state dict (the file is rewritten)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = checkpoint.load(ckpt_path)
     ckpt["state_dict"]["net.correction_scale"] = torch.tensor([float(f) for f in factors])
-    torch.save(ckpt, ckpt_path)
+    checkpoint.save(ckpt, ckpt_path)

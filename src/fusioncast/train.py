@@ -14,10 +14,12 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from fusioncast import checkpoint
 from fusioncast.calibration import Calibration
 from fusioncast.evaluate import evaluate_model, write_metrics
 from fusioncast.models.module import TFTModule
 from fusioncast.report import write_plots, write_report
+from fusioncast.resume import check_fits, resumed_config
 from fusioncast.tracking import log_results
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,21 @@ class Fitted:
     shrinkage: dict | None
 
 
+def build_module(cfg: DictConfig, dm) -> TFTModule:
+    return hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+
+
 def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -> Fitted:
-    """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation."""
-    module: TFTModule = hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+    """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation.
+    With `ckpt_path`, the fit resumes from that checkpoint (read through fusioncast/checkpoint.py)."""
+    module = build_module(cfg, dm)
     callbacks = instantiate_list(cfg.get("callbacks"))
     if checkpoint_dir is not None:  # an ensemble member: checkpoints of its own
         for c in callbacks:
             if isinstance(c, ModelCheckpoint):
                 c.dirpath = checkpoint_dir
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 plugins=[checkpoint.SafeCheckpointIO()])
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
 
@@ -56,7 +64,7 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         log.info("best checkpoint: %s", best)
-        module = TFTModule.load_from_checkpoint(best, map_location=module.device, weights_only=False)
+        module = checkpoint.load_model(best, module.device)[0]
     shrinkage = None
     if trainer.is_global_zero and module.hparams.get("shrink_correction") and module.net.skip is not None:
         from fusioncast.shrinkage import choose_correction_scale, write_correction_scale
@@ -104,13 +112,20 @@ def train(cfg: DictConfig) -> dict:
     from fusioncast.ensemble import ensemble_seeds
 
     seeds = ensemble_seeds((cfg.get("ensemble") or {}).get("seeds"))
-    if seeds and cfg.get("ckpt_path"):
-        raise ValueError("ckpt_path (resuming a fit) does not go with ensemble.seeds: an ensemble is trained afresh")
+    ckpt_path = cfg.get("ckpt_path")
+    if seeds and ckpt_path:
+        raise ValueError(f"ckpt_path={ckpt_path}: a seed ensemble (ensemble.seeds={seeds}) cannot be resumed; "
+                         "train it again (its members are trained afresh), or resume one model's run")
+    # a checkpoint that is unsafe, or not of this config, is refused before anything is written
+    resumed = checkpoint.load(ckpt_path) if ckpt_path else None
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     # fitted here, before any DDP process starts; under DDP every rank then adopts rank 0's fit
     dm.setup("fit")
+    if resumed is not None:
+        check_fits(resumed, ckpt_path, dict(dm.hparams), dict(build_module(cfg, dm).hparams))
+        log.info("resuming from %s (epoch %s)", ckpt_path, resumed.get("epoch"))
     loggers = instantiate_list(cfg.get("logger"))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -148,7 +163,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    metrics = train(resumed_config(cfg))
     # the value an Optuna sweep minimises: `optimized_metric` as "split/metric", e.g. "val/mae"
     name = cfg.get("optimized_metric")
     if name and metrics:

@@ -129,6 +129,9 @@ class BatchLoader:
     Shuffled (training) shards are cut to equal length, as DDP steps in lockstep; unshuffled
     (evaluation) shards keep every window, so metrics cover the whole split.
     `level_shift` (training only) scales the target of some windows (fusioncast/data/augment.py).
+    `sampler_state()` / `load_sampler_state()` carry where the sampler stands through a checkpoint (the
+    datamodule's state; not named state_dict, or Lightning would restore the loader itself, and only
+    inside an epoch, a batch off, as it fetches one ahead).
     """
 
     def __init__(self, tensors: SeriesTensors, series: np.ndarray, starts: np.ndarray, batch_size: int,
@@ -140,7 +143,19 @@ class BatchLoader:
         self.starts = torch.as_tensor(starts, device=tensors.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
+        self.epoch = 0  # epochs started; epoch e draws with seed + e
+        self._resume_at: int | None = None
+
+    def sampler_state(self) -> dict:
+        """Where the sampler stands, as plain data (a checkpoint holds it)."""
+        return {"epoch": self.epoch}
+
+    def load_sampler_state(self, state: dict, resume_at: int | None = None) -> None:
+        """Continue from a `sampler_state()`: the next iteration draws the epoch after the saved one; with
+        `resume_at` (a checkpoint saved inside an epoch, that many batches in) it redraws the saved epoch
+        and starts at that batch."""
+        self.epoch = int(state["epoch"])
+        self._resume_at = resume_at if resume_at and self.epoch > 0 else None
 
     def _per_rank(self) -> int:
         n, world = len(self.series), self.world_size
@@ -152,6 +167,9 @@ class BatchLoader:
 
     def __iter__(self):
         n, t = len(self.series), self.tensors
+        first = 0
+        if self._resume_at is not None:  # redraw the saved epoch's permutation, continue inside it
+            self.epoch, first, self._resume_at = self.epoch - 1, self._resume_at, None
         # same permutation (and level shifts) on every rank, seeded by epoch; each rank takes its own slice
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.shuffle:
@@ -162,7 +180,7 @@ class BatchLoader:
         self.epoch += 1
         if self.world_size > 1:
             order = order[: n - n % self.world_size if self.shuffle else n][self.rank :: self.world_size]
-        for i in range(len(self)):
+        for i in range(first, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             factor = None if shift is None else LevelShift.factors(shift[0][idx], shift[1][idx], t.L, t.H)
             yield t.gather(self.series[idx], self.starts[idx], factor)
