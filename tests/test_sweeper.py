@@ -61,6 +61,13 @@ def test_search_space_from_config_and_command_line():
         parse(["data.x=range(5, 5)"])
 
 
+def test_storage_in_logs_and_files_hides_the_password():
+    from hydra_plugins.fusioncast_optuna_sweeper._storage import describe
+
+    assert describe("postgresql+psycopg://fc:s3cret@db:5432/optuna") == "postgresql+psycopg://fc:***@db:5432/optuna"
+    assert describe("/nfs/optuna/study.log") == "/nfs/optuna/study.log" and describe(None) == "memory"
+
+
 def test_sweeper_plugin_is_discovered():
     from hydra.core.plugins import Plugins
     from hydra.plugins.sweeper import Sweeper

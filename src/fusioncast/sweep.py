@@ -14,6 +14,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.fusioncast_optuna_sweeper._storage import describe
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ class OptunaSweepFiles(Callback):
         if "best_params" not in results:  # a multi-objective study has a Pareto front, no single best
             return
         sweeper = config.hydra.sweeper
-        header = (f"Best trial of Optuna study '{sweeper.study_name}' ({sweeper.storage}):\n"
+        header = (f"Best trial of Optuna study '{sweeper.study_name}' ({describe(sweeper.storage)}):\n"
                   f"{config.get('optimized_metric')} = {results.best_value}.\n"
                   "Re-run: cp this file configs/experiment/<name>.yaml && fusioncast-train experiment=<name>")
         text = best_experiment(OmegaConf.to_container(results.best_params), list(config.hydra.overrides.task),

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from ._search_space import grid, parse, suggest
-from ._storage import Heartbeat, open_storage
+from ._storage import Heartbeat, describe, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,14 @@ class OptunaSweeperImpl:
                 storage.record_heartbeat(frozen._trial_id)
             study.sampler = self._make_sampler(frozen.number, space)
             trial = optuna.Trial(study, frozen._trial_id)
-            for name, dist in space.items():
-                suggest(trial, name, dist)
-            for name, value in fixed.items():
-                trial.set_user_attr(name, value)
+            try:
+                for name, dist in space.items():
+                    suggest(trial, name, dist)
+                for name, value in fixed.items():
+                    trial.set_user_attr(name, value)
+            except BaseException:  # e.g. a retried trial whose parameters no longer fit the space: not left running
+                _tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
             return trial
         return None
 
@@ -184,7 +188,7 @@ class OptunaSweeperImpl:
         storage = open_storage(self.storage_cfg, *self.heartbeat)
         study = self._open_study(storage, space, n_trials)
         log.info("study '%s' in %s: %d trials to reach, %d at a time here; sampler %s, pruner %s",
-                 study.study_name, self._storage_name(), n_trials, self.n_jobs,
+                 study.study_name, describe(self.storage_cfg), n_trials, self.n_jobs,
                  self.sampler_cfg.get("_target_"), self.pruner_cfg.get("_target_"))
         heartbeat_on = bool(Heartbeat(storage, []).interval)
         waiting_logged = False
@@ -208,10 +212,6 @@ class OptunaSweeperImpl:
                 break
             self._run(study, storage, batch, fixed)
         self._write_results(study)
-
-    def _storage_name(self) -> str:
-        s = self.storage_cfg
-        return "memory" if s is None else str(s.get("_target_") if isinstance(s, DictConfig) else s)
 
     def _run(self, study: optuna.Study, storage: Any, batch: list[optuna.Trial], fixed: dict) -> None:
         overrides = []

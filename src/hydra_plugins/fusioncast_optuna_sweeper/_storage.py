@@ -68,6 +68,19 @@ def open_storage(storage: Any, heartbeat_interval: int | None = None, grace_peri
     return opened
 
 
+def describe(storage: Any) -> str:
+    """The storage for logs and files: its URL with any password hidden."""
+    if storage is None:
+        return "memory"
+    if isinstance(storage, (dict, DictConfig)):
+        return str(storage.get("_target_"))
+    if "://" in str(storage):
+        from sqlalchemy.engine import make_url
+
+        return make_url(str(storage)).render_as_string(hide_password=True)
+    return str(storage)
+
+
 class Heartbeat:
     """Records the heartbeat of running trials every `interval` seconds while the launcher runs them.
 
