@@ -6,7 +6,7 @@
 
 For each seed the two sweeps (`hparams_search=optuna` with `hydra/sweeper/pruner=<--pruner>`, and with
 `hydra/sweeper/pruner=none`) run at the same time, one thread each, so both see the same machine load. Each
-reports its wall time, its CPU time (the sweep process and its trial processes), the best validation loss
+reports its wall time, its CPU time (trials run in the sweep's process), the best validation loss
 of its study (val/loss of the best trial's metrics.json) and the epochs its trials trained. Results go to
 <out>/bench_sweeps.json and a Markdown table to stdout.
 """
@@ -34,7 +34,8 @@ def sweep(out: Path, name: str, seed: int, pruner: str, args: argparse.Namespace
            f"hydra.sweep.dir={run_dir}/trials", f"paths.log_dir={run_dir}", f"trainer.max_epochs={args.max_epochs}",
            f"trainer.limit_train_batches={args.train_batches}", f"trainer.limit_val_batches={args.val_batches}",
            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "data.eval_stride=24",
-           *args.overrides]
+           # trials in the sweep's own process: its CPU time (wait4) then covers them
+           "hydra/launcher=basic", *args.overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     log = open(run_dir / "sweep.log", "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run_dir
@@ -73,7 +74,7 @@ def main() -> None:
         rows = {seed: {"seed": seed} for seed in seeds}
         while pending:
             for (seed, kind), (proc, run_dir) in list(pending.items()):
-                # wait4: the CPU time of the sweep and of its trial processes, which the machine's load does
+                # wait4: the CPU time of the sweep, its trials included, which the machine's load does
                 # not stretch the way it stretches wall time
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
