@@ -45,10 +45,14 @@ def build_module(cfg: DictConfig, dm) -> TFTModule:
     return hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
 
 
-def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -> Fitted:
+def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None, init: TFTModule | None = None) -> Fitted:
     """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation.
-    With `ckpt_path`, the fit resumes from that checkpoint (read through fusioncast/checkpoint.py)."""
+    With `ckpt_path`, the fit resumes from that checkpoint (read through fusioncast/checkpoint.py).
+    `init`: a trained model whose weights this one starts from (a warm-started refit, fusioncast/refit.py);
+    the normalisation buffers stay this data's own."""
     module = build_module(cfg, dm)
+    if init is not None:
+        warm_start(module, init)
     callbacks = instantiate_list(cfg.get("callbacks"))
     if checkpoint_dir is not None:  # an ensemble member: checkpoints of its own
         for c in callbacks:
@@ -75,6 +79,17 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -
         if best:
             write_correction_scale(best, list(shrinkage["factors"].values()))
     return Fitted(module, best, trainer, callbacks, shrinkage)
+
+
+def warm_start(module: TFTModule, init: TFTModule) -> None:
+    """Copy `init`'s weights into `module` (same config, possibly refitted preprocessing)."""
+    own = module.net.state_dict()
+    keep = {"real_center", "real_scale", "correction_scale"}  # this fit's scalers; training starts at factor 1
+    given = {k: v for k, v in init.net.state_dict().items() if k not in keep}
+    wrong = [k for k, v in given.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"cannot warm-start from a model of another shape ({wrong[:3]}): the data's categories changed")
+    module.net.load_state_dict(given, strict=False)
 
 
 def fit_ensemble(cfg: DictConfig, dm, loggers: list, seeds: list[int]) -> tuple[TFTModule, str, list[Fitted], dict]:
@@ -116,6 +131,9 @@ def train(cfg: DictConfig) -> dict:
     if seeds and ckpt_path:
         raise ValueError(f"ckpt_path={ckpt_path}: a seed ensemble (ensemble.seeds={seeds}) cannot be resumed; "
                          "train it again (its members are trained afresh), or resume one model's run")
+    refit = cfg.get("refit") or {}
+    if seeds and refit.get("every") and refit.get("warm_start"):
+        raise ValueError("refit.warm_start needs one model to start from: it does not go with ensemble.seeds")
     # a checkpoint that is unsafe, or not of this config, is refused before anything is written
     resumed = checkpoint.load(ckpt_path) if ckpt_path else None
     if cfg.get("seed") is not None:
@@ -147,6 +165,11 @@ def train(cfg: DictConfig) -> dict:
         history = [x for f in fitted for c in f.callbacks if getattr(c, "history", None) for x in c.history]
         if history:
             metrics["train_samples_per_sec"] = float(torch.tensor(history).median())
+        every = (cfg.get("refit") or {}).get("every")
+        if every:  # one more training per period of the test span (fusioncast/refit.py)
+            from fusioncast.refit import refit_backtest
+
+            metrics["refit"] = refit_backtest(cfg, dm, str(every), initial=module, initial_checkpoint=best)
         write_metrics(metrics, cfg.paths.output_dir)
         if cfg.get("export"):
             from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting

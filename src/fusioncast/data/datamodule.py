@@ -160,7 +160,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
             s = self.schema
             self._tensors = SeriesTensors(self.enc, len(s.known_categoricals), len(s.time_varying_known_reals),
                                           s.max_encoder_length, s.max_prediction_length, device,
-                                          encoder_center=s.target_normalizer == "encoder")
+                                          encoder_center=s.target_normalizer == "encoder",
+                                          encoder_scale=s.target_normalizer == "window")
         return self._tensors
 
     @property

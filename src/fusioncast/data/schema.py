@@ -21,7 +21,9 @@ ROLE_LISTS = (
     "time_varying_unknown_reals",
 )
 
-TARGET_NORMALIZERS = ("series", "global", "encoder")
+TARGET_NORMALIZERS = ("series", "global", "encoder", "window")
+# target_normalizer=window: an encoder std below this fraction of its level (at least 1) counts as flat
+WINDOW_SCALE_FLOOR = 1e-6
 
 
 class SchemaError(ValueError):
@@ -48,7 +50,8 @@ class Schema:
     # how the target is scaled (fitted on training rows): "series" (each series' own mean/std),
     # "global" (one mean/std over every series, as the ETT/Informer benchmarks z-normalise) or
     # "encoder" (each window centred on its encoder's mean, scaled by its series' std, like
-    # pytorch-forecasting's EncoderNormalizer: robust to level shifts between training and test)
+    # pytorch-forecasting's EncoderNormalizer: robust to level shifts between training and test) or
+    # "window" (centred on the encoder's mean and scaled by the encoder's std: every window on its own)
     target_normalizer: str = "series"
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fusioncast.data.augment import LevelShift
 from fusioncast.data.preprocess import Encoded
+from fusioncast.data.schema import WINDOW_SCALE_FLOOR
 
 SPLITS = ("train", "val", "test")
 
@@ -75,10 +76,13 @@ class SeriesTensors:
     """The encoded arrays of all series as tensors on one device, and the gather that cuts windows."""
 
     def __init__(self, enc: Encoded, n_known_cat: int, n_known_real: int, L: int, H: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, encoder_center: bool = False):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, encoder_center: bool = False,
+                 encoder_scale: bool = False):
         self.L, self.H, self.n_known_cat, self.n_known_real = L, H, n_known_cat, n_known_real
-        # target_normalizer=encoder: each window's target center is the mean of its encoder's observed targets
-        self.encoder_center = encoder_center
+        # target_normalizer=encoder: each window's target center is the mean of its encoder's observed targets;
+        # window: its scale is also their std (the series' scale where the encoder is flat or too short)
+        self.encoder_center = encoder_center or encoder_scale
+        self.encoder_scale = encoder_scale
         self.device = torch.device(device)
         t = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=self.device)  # noqa: E731
         self.static_cat = t(enc.static_cat)
@@ -104,7 +108,12 @@ class SeriesTensors:
         if self.encoder_center:
             n = obs[:, :L].sum(1)
             mean = (real[:, :L, 0] * obs[:, :L]).sum(1) / n.clamp_min(1)
-            target_scale = torch.stack([torch.where(n > 0, mean, target_scale[:, 0]), target_scale[:, 1]], -1)
+            scale = target_scale[:, 1]
+            if self.encoder_scale:
+                var = (((real[:, :L, 0] - mean[:, None]) ** 2) * obs[:, :L]).sum(1) / n.clamp_min(1)
+                std = var.sqrt()
+                scale = torch.where((n > 1) & (std > WINDOW_SCALE_FLOOR * mean.abs().clamp_min(1.0)), std, scale)
+            target_scale = torch.stack([torch.where(n > 0, mean, target_scale[:, 0]), scale], -1)
         return Batch(
             static_cat=self.static_cat[series],
             static_real=self.static_real[series],
