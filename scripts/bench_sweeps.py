@@ -3,6 +3,7 @@
     python scripts/bench_sweeps.py                       # 20 trials, sampler seeds 1 and 2, nyc_taxi
     python scripts/bench_sweeps.py --trials 4 --max-epochs 2 --seeds 1   # a smoke run
     python scripts/bench_sweeps.py --together   # both seeds' four sweeps at once (all under the same load)
+    python scripts/bench_sweeps.py --serial     # one sweep at a time: each has the machine to itself
 
 For each seed the two sweeps (`hparams_search=optuna` with `hydra/sweeper/pruner=<--pruner>`, and with
 `hydra/sweeper/pruner=none`) run at the same time, one thread each, so both see the same machine load. Each
@@ -60,18 +61,23 @@ def main() -> None:
     p.add_argument("--train-batches", type=int, default=6)
     p.add_argument("--val-batches", type=int, default=10)
     p.add_argument("--together", action="store_true", help="run the sweeps of all seeds at the same time")
+    p.add_argument("--serial", action="store_true", help="run one sweep at a time (fair wall time on a quiet machine)")
     p.add_argument("--out", type=Path, default=Path("bench_sweeps"))
     p.add_argument("overrides", nargs="*", help="more key=value overrides for both sweeps")
     args = p.parse_args()
     load = {"before": os.getloadavg()}
     results = []
     # all seeds at once (--together) or one seed after the other; the two sweeps of a seed always run together
-    rounds = [args.seeds] if args.together else [[s] for s in args.seeds]
-    for seeds in rounds:
+    # --serial: one sweep at a time, so that each has the machine to itself and wall time compares fairly
+    kinds = (("pruned", args.pruner), ("full", "none"))
+    jobs = [[(seed, kind) for seed in args.seeds for kind in kinds]] if args.together else \
+        [[(seed, kind)] for seed in args.seeds for kind in kinds] if args.serial else \
+        [[(seed, kind) for kind in kinds] for seed in args.seeds]
+    rows = {seed: {"seed": seed} for seed in args.seeds}
+    for round_ in jobs:
         started = time.perf_counter()
         pending = {(seed, kind): sweep(args.out, f"seed{seed}-{kind}", seed, pruner, args)
-                   for seed in seeds for kind, pruner in (("pruned", args.pruner), ("full", "none"))}
-        rows = {seed: {"seed": seed} for seed in seeds}
+                   for seed, (kind, pruner) in round_}
         while pending:
             for (seed, kind), (proc, run_dir) in list(pending.items()):
                 # wait4: the CPU time of the sweep, its trials included, which the machine's load does
@@ -85,9 +91,9 @@ def main() -> None:
                     rows[seed][kind]["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 1)
                     del pending[(seed, kind)]
             time.sleep(1)
-        for row in rows.values():
-            results.append(row)
-            print(json.dumps(row), flush=True)
+    for row in rows.values():
+        results.append(row)
+        print(json.dumps(row), flush=True)
     load["after"] = os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_sweeps.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

@@ -153,7 +153,7 @@ def train(cfg: DictConfig) -> dict:
     else:
         one = fit(cfg, dm, loggers)
         module, best, fitted, ensemble = one.module, one.best, [one], None
-    metrics, plot_paths = {}, []
+    metrics, plot_paths = {}, {}
     if fitted[0].trainer.is_global_zero:
         calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
         metrics = evaluate_model(module, dm, calibration=calibration)
@@ -175,8 +175,9 @@ def train(cfg: DictConfig) -> dict:
             from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting
 
             export_bundle(module, dm, Path(cfg.paths.output_dir) / "bundle", metrics=metrics, checkpoint=best or None)
-        plot_paths = write_plots(module, dm, cfg.paths.output_dir,
-                                 calibration=Calibration.from_dict(metrics.get("calibration")))
+        if cfg.plots:
+            plot_paths = write_plots(module, dm, cfg.paths.output_dir,
+                                     calibration=Calibration.from_dict(metrics.get("calibration")))
         write_report(metrics, plot_paths, cfg.paths.output_dir, title=f"fusioncast-train: {cfg.data.name}")
         # keep last (after any export): W&B gets the bundle, else the best checkpoint, as the model artifact
         bundle = Path(cfg.paths.output_dir) / "bundle"
