@@ -7,7 +7,7 @@ split with the same budget, the seasonal-naive baseline and the published figure
 
 Every protocol is an experiment config (configs/experiment/): `stallion_tutorial`,
 `etth1_univariate_h{H}`, `etth1_covariates_h{H}`, `nyc_taxi_h5`, `m4_hourly` (sMAPE / MASE / OWA as the
-M4 competition scored them, fusioncast/m4.py) and `nyc_taxi_numenta` (Cui et al. 2016's span, trained
+M4 competition scored them, fusioncast/evaluation/m4.py) and `nyc_taxi_numenta` (Cui et al. 2016's span, trained
 once and, as a row of its own, refitted every `--refit-every`); the split, scaling and metric are
 the published ones whatever the mode, `--quick` only shortens training. Runs are written under --out
 (metrics.json per run), the table to <out>/bench_accuracy.md and the numbers to bench_accuracy.json.
@@ -74,17 +74,18 @@ def budget_overrides(quick: bool, epochs: int | None) -> list[str]:
 # ---- ours -------------------------------------------------------------------------------------------
 def run_ours(experiment: str, out: Path, overrides: list[str]) -> dict:
     """Train one experiment; returns its metrics.json and the eval split's forecasts (for protocol metrics)."""
-    from fusioncast.evaluate import load_checkpoint, predict_split
+    from fusioncast.evaluation.forecasts import predict_split
     from fusioncast.train import train
+    from fusioncast.training.checkpoint import load_with_data
 
     cfg = compose(experiment, out, overrides)
     t0 = time.perf_counter()
     metrics = train(cfg)
     seconds = time.perf_counter() - t0
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     split = "test" if "test" in metrics else "val"
     # a seed ensemble: each member's own forecasts too (reported next to the average, never chosen on)
-    members = [predict_split(load_checkpoint(m["checkpoint"], device="cpu")[0], dm, split)
+    members = [predict_split(load_with_data(m["checkpoint"], device="cpu")[0], dm, split)
                for m in metrics.get("ensemble", {}).get("members", [])]
     return {"metrics": metrics, "split": split, "pred": predict_split(module, dm, split), "dm": dm,
             "seconds": seconds, "cfg": cfg, "members": members}
@@ -127,7 +128,12 @@ def run_pf(dm, cfg, kind: str, quick: bool) -> dict:
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
-    from pytorch_forecasting import GroupNormalizer, QuantileLoss, TemporalFusionTransformer, TimeSeriesDataSet
+    from pytorch_forecasting import (
+        GroupNormalizer,
+        QuantileLoss,
+        TemporalFusionTransformer,
+        TimeSeriesDataSet,
+    )
 
     s, h = dm.schema, dm.hparams
     L, H = s.max_encoder_length, s.max_prediction_length
@@ -205,7 +211,7 @@ def protocol_metrics(kind: str, p: dict, dm=None, split: str | None = None) -> d
     lo, hi = p["pred"][..., 0], p["pred"][..., 2]
     out = {"coverage_p10_p90": float(((y >= lo) & (y <= hi))[m].mean())}
     if kind == "m4":  # the competition's scoring: everything before the horizon is the series' in-sample part
-        from fusioncast import m4
+        from fusioncast.evaluation import m4
 
         cut = dm.test_idx if split == "test" else dm.val_idx
         history = [dm.enc.real[s, : cut[s], 0] for s in p["series"]]
@@ -223,7 +229,7 @@ def protocol_metrics(kind: str, p: dict, dm=None, split: str | None = None) -> d
 
 
 def naive_forecasts(p: dict, period: int) -> dict:
-    from fusioncast.metrics import seasonal_naive
+    from fusioncast.evaluation.metrics import seasonal_naive
 
     naive = seasonal_naive(p["enc_y"], p["enc_mask"], p["target"].shape[1], period)
     return {**p, "pred": np.repeat(naive[..., None], 3, -1)}
@@ -321,7 +327,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     ap.add_argument("--out", default=str(ROOT / "logs" / "bench_accuracy" / time.strftime("%Y-%m-%d_%H-%M-%S")))
     ap.add_argument("--refit-every", default="7D", help="nyc_taxi_numenta's refitted row: one training per this "
-                    "period of the test span (fusioncast/refit.py); empty: trained once only")
+                    "period of the test span (fusioncast/evaluation/refit.py); empty: trained once only")
     ap.add_argument("--budgets", default="", help="comma-separated training budgets in minutes (e.g. 5,15,60): "
                     "each protocol is trained once per budget (Lightning's max_time, no epoch cap), a row each")
     ap.add_argument("--collect", nargs="+", metavar="DIR", help="print one table of earlier runs' bench_accuracy.json")

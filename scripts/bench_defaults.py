@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_accuracy import compose  # the same config composition as the console scripts
+from bench_accuracy import compose  # noqa: E402  (after the sys.path entry) the same config composition as the console scripts
 
 # candidate defaults: model overrides on top of configs/model/tft.yaml. The study that set today's
 # defaults started from linear_skip=0, so every candidate says which skip it has.

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusioncast.calibration import Calibration, cross_fit
-from fusioncast.evaluate import evaluate_model, load_checkpoint
+from fusioncast.evaluation.forecasts import evaluate_model
+from fusioncast.postfit.calibration import Calibration, cross_fit
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 
 Q = [0.1, 0.5, 0.9]
 Z90 = 1.2815515655446004  # standard normal 90 % quantile
@@ -157,7 +158,7 @@ def test_adaptive_uses_only_actuals_observed_before_each_window(width_step):
 
 def test_calibration_none_is_a_no_op_in_evaluation(cfg_train):
     metrics = train(cfg_train)
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     plain = evaluate_model(module, dm)
     none = evaluate_model(module, dm, calibration={"method": "none"})
     assert none == plain and "calibration" not in none

@@ -14,10 +14,11 @@ import hydra
 import pytest
 import torch
 
-from fusioncast import checkpoint, evaluate, export, predict, train
-from fusioncast.checkpoint import CheckpointError
-from fusioncast.ensemble import write_checkpoint
+from fusioncast import evaluate, export, predict, train
 from fusioncast.models.module import TFTModule, torch_class
+from fusioncast.postfit.seed_ensemble import write_checkpoint
+from fusioncast.training import checkpoint
+from fusioncast.training.checkpoint import CheckpointError
 from tests.conftest import TINY, compose_config
 
 

@@ -13,9 +13,16 @@ import torch
 from onnx import numpy_helper
 
 from fusioncast import export as export_mod
-from fusioncast.calibration import Calibration
 from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES
-from fusioncast.export import ExportError, _Graph, check_parity, quantize_int8, real_windows, relative_difference
+from fusioncast.export import (
+    ExportError,
+    _Graph,
+    check_parity,
+    quantize_int8,
+    real_windows,
+    relative_difference,
+)
+from fusioncast.postfit.calibration import Calibration
 from fusioncast.serve.bundle import Bundle, Model, sha256_file, write_meta
 from fusioncast.train import train
 from tests.conftest import TINY, compose_config, needs_shared

@@ -9,9 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fusioncast.evaluate import evaluate_model, load_checkpoint, predict_split
-from fusioncast.shrinkage import pinball
+from fusioncast.evaluation.forecasts import evaluate_model, predict_split
+from fusioncast.postfit.shrinkage import pinball
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 from tests.conftest import TINY, compose_config
 from tests.models.test_tft import RICH, make_batch, make_model
 
@@ -60,7 +61,7 @@ def test_training_chooses_the_factor_on_validation_and_writes_it_into_the_checkp
     assert json.loads((tmp_path / "metrics.json").read_text())["correction_scale"]["factors"] == chosen["factors"]
 
     # the checkpoint holds the factors, and its validation loss is the one the choice measured
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     assert module.net.correction_scale.tolist() == pytest.approx(factors)
     p = predict_split(module, dm, "val")
     loss = pinball(p["pred"], p["target"], p["mask"], list(module.hparams.quantiles), p["scale"]).sum()

@@ -15,7 +15,11 @@ from pathlib import Path
 import optuna
 import pytest
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from hydra_plugins.fusioncast_optuna_sweeper._search_space import parse

@@ -27,13 +27,19 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from fusioncast.calibration import Calibration
 from fusioncast.data.frame import prepare_frame
 from fusioncast.data.grid import series_name
-from fusioncast.data.inference import INPUT_NAMES, assemble_window, nonfinite_windows, overflow_message, stack_windows
+from fusioncast.data.inference import (
+    INPUT_NAMES,
+    assemble_window,
+    nonfinite_windows,
+    overflow_message,
+    stack_windows,
+)
 from fusioncast.data.preprocess import Preprocessor
 from fusioncast.data.schema import SchemaError, validate
 from fusioncast.data.sources import read_table
+from fusioncast.postfit.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -223,18 +229,14 @@ def onnx_runner(bundle_dir: str, variant: str = "fp32", threads: int = 2, expect
 def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner, Calibration | None]:
     """The checkpoint's PyTorch model (eager, CPU) and its fitted preprocessing; the quantile calibration
     of its training run (metrics.json next to checkpoints/) is applied as the bundle's is."""
-    import json
-
     import torch
 
-    from fusioncast import checkpoint
+    from fusioncast.training import checkpoint
 
     module, ckpt = checkpoint.load_model(ckpt_path)
     module.eval()
     pp = Preprocessor.from_dict(checkpoint.data_state(ckpt, ckpt_path)["preprocessor"])
-    metrics_file = Path(ckpt_path).resolve().parent.parent / "metrics.json"
-    calibration = Calibration.from_dict(json.loads(metrics_file.read_text()).get("calibration")) if (
-        metrics_file.is_file()) else None
+    calibration = Calibration.from_dict((checkpoint.run_metrics(ckpt_path) or {}).get("calibration"))
 
     def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():

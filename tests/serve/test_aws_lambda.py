@@ -19,7 +19,12 @@ import pandas as pd
 import pytest
 
 from fusioncast.serve.app import ServeConfig
-from fusioncast.serve.aws_lambda import LAMBDA_DEFAULTS, RESPONSE_LIMIT, config_from_env, http_event
+from fusioncast.serve.aws_lambda import (
+    LAMBDA_DEFAULTS,
+    RESPONSE_LIMIT,
+    config_from_env,
+    http_event,
+)
 from tests.conftest import ROOT, needs_shared
 from tests.serve.cases import bodies, random_bodies
 from tests.serve.test_requests import STALLION, forecast_table, requests_for

@@ -9,13 +9,13 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
-from fusioncast import rng
 from fusioncast.data.windows import Batch
 from fusioncast.models.ensemble import TFTEnsemble
 from fusioncast.models.tft import TemporalFusionTransformer
+from fusioncast.quantiles import median_index
+from fusioncast.training import rng
 
-
-RNG_KEY = "rng_states"  # checkpoint key of the generators' states at the time of saving (fusioncast/rng.py)
+RNG_KEY = "rng_states"  # checkpoint key of the generators' states at the time of saving (fusioncast/training/rng.py)
 
 
 def quantile_loss(pred: Tensor, target: Tensor, mask: Tensor, quantiles: Tensor, scale: Tensor) -> Tensor:
@@ -39,12 +39,12 @@ class TFTModule(L.LightningModule):
     by the global batch (batch size x devices x accumulation) over ``reference_batch_size``, the
     batch the lr was tuned for: large GPU batches keep training at a matched step size.
     ``shrink_correction`` (with a linear skip): after the fit, `fusioncast-train` scales the TFT's
-    correction of the skip by factors chosen on validation (fusioncast/shrinkage.py).
+    correction of the skip by factors chosen on validation (fusioncast/postfit/shrinkage.py).
     ``ensemble_size`` > 1 makes the network a TFTEnsemble of that many such TFTs, whose forecasts are
-    averaged; it is assembled from separately trained members (fusioncast/ensemble.py), never fit as one.
+    averaged; it is assembled from separately trained members (fusioncast/postfit/seed_ensemble.py), never fit as one.
     ``optimizer`` / ``scheduler`` are plain config dicts (``_target_`` naming a torch.optim optimizer /
     torch.optim.lr_scheduler scheduler, and its arguments), built in configure_optimizers: checkpoints
-    then hold plain data only (fusioncast/checkpoint.py).
+    then hold plain data only (fusioncast/training/checkpoint.py).
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class TFTModule(L.LightningModule):
 
         self.net = tft() if ensemble_size == 1 else TFTEnsemble([tft() for _ in range(ensemble_size)])
         self.register_buffer("quantiles", torch.tensor(list(quantiles), dtype=torch.float32), persistent=False)
-        self.median = min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))
+        self.median = median_index(quantiles)
         self._rng_to_restore: dict | None = None
 
     def forward(self, *inputs: Tensor, return_interpretation: bool = False):

@@ -174,7 +174,7 @@ class TemporalFusionTransformer(nn.Module):
             nn.init.zeros_(self.skip.bias)
         # With a skip, the TFT's input-dependent output (output.weight @ x; its bias, the quantile offsets,
         # stays) is scaled by a factor per quantile: 1 in training, then possibly shrunk towards the skip
-        # alone on validation (fusioncast/shrinkage.py). A buffer, so checkpoints and the ONNX graph carry it.
+        # alone on validation (fusioncast/postfit/shrinkage.py). A buffer, so checkpoints and the ONNX graph carry it.
         self.register_buffer("correction_scale", torch.ones(len(self.quantiles)))
         self._register_load_state_dict_pre_hook(self._default_correction_scale)
         self.register_buffer("positions", torch.arange(max_encoder_length), persistent=False)
@@ -196,12 +196,17 @@ class TemporalFusionTransformer(nn.Module):
         codes = torch.where((codes >= 0) & (codes < cards), codes, 0)
         return codes, self.cat_embedding(codes + self.cat_offsets[variables])
 
-    def _linear_skip(self, target: Tensor, encoder_mask: Tensor) -> Tensor:
-        """(B, H): last observed normalised target + a linear map of the recent ones relative to it."""
+    def skip_inputs(self, target: Tensor, encoder_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The linear skip's inputs from the normalised encoder target (B, L): the last observed value (B, 1)
+        and the `linear_skip` most recent ones relative to it (B, k), unobserved ones as 0."""
         k = self.linear_skip
         last_step = torch.where(encoder_mask, self.positions, 0).amax(dim=-1, keepdim=True)  # 0 if none observed
         last = target.gather(1, last_step)
-        recent = torch.where(encoder_mask[:, -k:], target[:, -k:] - last, 0.0)
+        return last, torch.where(encoder_mask[:, -k:], target[:, -k:] - last, 0.0)
+
+    def _linear_skip(self, target: Tensor, encoder_mask: Tensor) -> Tensor:
+        """(B, H): last observed normalised target + a linear map of the recent ones relative to it."""
+        last, recent = self.skip_inputs(target, encoder_mask)
         return last + self.skip(recent)
 
     def _embed_reals(self, x: Tensor, rows: slice) -> Tensor:

@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from fusioncast.calibration import Calibration
 from fusioncast.data.inference import INTERPRETATION_NAMES, OUTPUT_NAMES, empty_inputs
 from fusioncast.data.preprocess import Preprocessor
+from fusioncast.postfit.calibration import Calibration
 
 log = logging.getLogger(__name__)
 

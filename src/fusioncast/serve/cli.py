@@ -18,8 +18,19 @@ from dataclasses import asdict
 
 from fusioncast.serve.app import ENV_CONFIG, ServeConfig, create_app
 from fusioncast.serve.bundle import Bundle, BundleError, Model
-from fusioncast.serve.connections import FD_RESERVE, ConnectionLimits, LimitedHttpToolsProtocol, raise_open_file_limit
-from fusioncast.serve.guard import LOOPBACK_ADDRESSES, LOOPBACK_HOSTS, TOKEN_ENV, default_allowed_hosts, load_tokens
+from fusioncast.serve.connections import (
+    FD_RESERVE,
+    ConnectionLimits,
+    LimitedHttpToolsProtocol,
+    raise_open_file_limit,
+)
+from fusioncast.serve.guard import (
+    LOOPBACK_ADDRESSES,
+    LOOPBACK_HOSTS,
+    TOKEN_ENV,
+    default_allowed_hosts,
+    load_tokens,
+)
 
 log = logging.getLogger("fusioncast.serve")
 

@@ -19,7 +19,7 @@ from fusioncast.data.inference import nonfinite_windows, overflow_message
 from fusioncast.serve.batcher import MicroBatcher, QueueFull
 from fusioncast.serve.bundle import Bundle, Model
 from fusioncast.serve.fields import RequestError, shown
-from fusioncast.serve.metrics import ServerMetrics
+from fusioncast.serve.prometheus import ServerMetrics
 from fusioncast.serve.requests import ParsedRequest, RequestParser
 
 log = logging.getLogger("fusioncast.serve")

@@ -33,9 +33,25 @@ from fusioncast.data.preprocess import UNKNOWN, Preprocessor, series_key
 from fusioncast.data.schema import Schema
 from fusioncast.serve import columns
 from fusioncast.serve.calendar import calendar_values
-from fusioncast.serve.fields import (FIRST_TIME, LAST_TIME, NUMBER, NUMBER_OR_NULL, REQUEST_FIELDS, SCALAR,
-                                     SERIES_FIELDS, HorizonOutOfRange, RequestError, TimeOutOfRange, check_time_range,
-                                     kind, numpy_times, out_of_range_message, shown, shown_keys, shown_text)
+from fusioncast.serve.fields import (
+    FIRST_TIME,
+    LAST_TIME,
+    NUMBER,
+    NUMBER_OR_NULL,
+    REQUEST_FIELDS,
+    SCALAR,
+    SERIES_FIELDS,
+    HorizonOutOfRange,
+    RequestError,
+    TimeOutOfRange,
+    check_time_range,
+    kind,
+    numpy_times,
+    out_of_range_message,
+    shown,
+    shown_keys,
+    shown_text,
+)
 
 __all__ = ["ParsedRequest", "RequestError", "RequestParser", "series_payload"]
 
