@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +43,13 @@ NYC_PUBLISHED = "kNN 0.0706, HTM 0.0809, TDNN 0.104, ESN 0.128 (each learning on
 QUICK_HORIZONS = (24, 96)
 
 
+def experiment_overrides(name: str) -> list[str]:
+    """A protocol's overrides: `etth1_univariate_h96` is experiment etth1_univariate at horizon 96 (a horizon is
+    an override, not a config file of its own), any other name its experiment config."""
+    m = re.fullmatch(r"(etth1_(?:univariate|covariates))_h(\d+)", name)
+    return [f"experiment={m[1]}", f"data.max_prediction_length={m[2]}"] if m else [f"experiment={name}"]
+
+
 def compose(experiment: str | None, out: Path, overrides: list[str]):
     """The experiment's Hydra config as `fusioncast-train experiment=...` composes it (None: no experiment),
     writing into `out`."""
@@ -53,7 +61,7 @@ def compose(experiment: str | None, out: Path, overrides: list[str]):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        experiment_override = [f"experiment={experiment}"] if experiment else []
+        experiment_override = experiment_overrides(experiment) if experiment else []
         cfg = hydra_compose("train.yaml", overrides=[*experiment_override, *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):

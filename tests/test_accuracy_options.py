@@ -61,7 +61,8 @@ def test_lstsq_skip_is_nlinear_on_etth1(tmp_path):
     from tests.conftest import needs_shared
 
     needs_shared("ETTh1.csv")
-    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_univariate_h96", "data.max_encoder_length=336"])
+    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_univariate", "data.max_prediction_length=96",
+                                                   "data.max_encoder_length=336"])
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     dm.setup()
     net = TemporalFusionTransformer(**dm.model_kwargs(), hidden_size=8, linear_skip=336)

@@ -66,9 +66,9 @@ def fit_calibration(module: TFTModule, dm: TimeSeriesDataModule, calibration: di
 
 
 def _fit_options(calibration: dict) -> dict:
-    return {"per_horizon": calibration.get("per_horizon", True), "adjust_median": calibration.get("adjust_median", False),
-            "method": calibration["method"], "step": calibration.get("step", 0.01),
-            "width_step": calibration.get("width_step", 0.0)}
+    """Calibration.fit's arguments from a calibration config; keys it leaves out take fit's defaults."""
+    keys = ("per_horizon", "adjust_median", "method", "step", "width_step")
+    return {k: calibration[k] for k in keys if calibration.get(k) is not None}
 
 
 def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "test"),

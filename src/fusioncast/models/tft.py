@@ -62,7 +62,7 @@ class TemporalFusionTransformer(nn.Module):
         max_encoder_length: int,
         max_prediction_length: int,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-        hidden_size: int = 64,
+        hidden_size: int = 32,
         attention_heads: int = 4,
         dropout: float = 0.1,
         lstm_layers: int = 1,

@@ -54,7 +54,7 @@ class Calibration:
     @classmethod
     def fit(cls, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, scale: np.ndarray, quantiles: list[float],
             per_horizon: bool = True, adjust_median: bool = False, method: str = "conformal",
-            step: float = 0.01, width_step: float = 0.0) -> "Calibration":
+            step: float = 0.01, width_step: float = 0.002) -> "Calibration":
         """Fit on forecasts pred (N, H, Q) of actuals target/mask (N, H), with the target scale (N,) of each
         window's series. A horizon step with no observed actual gets the offsets pooled over all steps.
         Method adaptive adds the tracking step: `step` / sqrt(h + 1) times the P10–P90 spread of the median's

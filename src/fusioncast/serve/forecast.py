@@ -2,7 +2,7 @@
 the model's outputs turned into the answer (or the 4xx/503 that tells why there is none). No torch.
 
 `ForecastFastPath` answers these requests as pure ASGI, past Starlette's routing, request and response
-objects and FastAPI's dependency solving, which cost ~10 % of a single-series request's server CPU.
+objects and FastAPI's dependency solving, a noticeable share of a single-series request's CPU.
 Bodies are read and written with orjson rather than through pydantic, which would cost more than the
 model itself.
 """
