@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 
 def sweep(out: Path, name: str, seed: int, pruner: str, args: argparse.Namespace) -> tuple[subprocess.Popen, Path]:
+    pruner_args = [f"hydra.sweeper.pruner.{a}" for a in args.pruner_args] if pruner != "none" else []
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fusioncast.train", "hparams_search=optuna", f"data={args.data}", f"seed={seed}",
@@ -36,7 +37,7 @@ def sweep(out: Path, name: str, seed: int, pruner: str, args: argparse.Namespace
            f"trainer.limit_train_batches={args.train_batches}", f"trainer.limit_val_batches={args.val_batches}",
            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "data.eval_stride=24",
            # trials in the sweep's own process: its CPU time (wait4) then covers them
-           "hydra/launcher=basic", *args.overrides]
+           "hydra/launcher=basic", *pruner_args, *args.overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     log = open(run_dir / "sweep.log", "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run_dir
@@ -57,6 +58,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--pruner", default="successive_halving")
+    p.add_argument("--pruner-args", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings of the pruned sweep's pruner, e.g. reduction_factor=4")
     p.add_argument("--max-epochs", type=int, default=12)
     p.add_argument("--train-batches", type=int, default=6)
     p.add_argument("--val-batches", type=int, default=10)
