@@ -17,7 +17,7 @@ SYNTH = dict(
     time_varying_known_categoricals=["holiday"], time_varying_known_reals=["fare_multiplier"],
     time_varying_unknown_categoricals=["weather"], time_varying_unknown_reals=["temperature"],
     calendar=["hour"], max_encoder_length=24, max_prediction_length=12, val_start=0.6, test_start=0.8,
-    batch_size=32,
+    batch_size=32, target_normalizer="series",  # windows carry their series' fitted scale as it is
 )
 
 
