@@ -98,7 +98,7 @@ class Calibration:
         (N,) or (N, 2) as (center, scale). Quantiles stay ordered (offsets could cross them)."""
         if pred.shape[-1] != len(self.quantiles) or pred.shape[-2] != self.offsets.shape[0]:
             raise ValueError(f"calibration fitted for (H, Q) = {self.offsets.shape}, forecasts are {pred.shape[1:]}")
-        scale = _window_scale(target_scale)
+        scale = window_scale(target_scale)
         out = pred + (self.offsets[None] * scale[:, None, None]).astype(pred.dtype)
         return np.sort(out, axis=-1)
 
@@ -117,7 +117,7 @@ class Calibration:
         is not tracked) and stay ordered."""
         N, H, Q = pred.shape
         self.start_tracking(H)  # refuses a calibration that does not track
-        scale = _window_scale(target_scale)
+        scale = window_scale(target_scale)
         center, dist = self.split(pred)
         y = target.astype(np.float64)
         out = pred.astype(np.float64, copy=True)
@@ -247,7 +247,7 @@ def _is_median(quantiles: list[float]) -> np.ndarray:
     return np.abs(np.asarray(quantiles, np.float64) - 0.5) < 1e-9
 
 
-def _window_scale(target_scale: np.ndarray) -> np.ndarray:
+def window_scale(target_scale: np.ndarray) -> np.ndarray:
     """Each window's target scale from (N,) scales or (N, 2) (center, scale) pairs, floored."""
     scale = np.asarray(target_scale)
     return _scale(scale[:, 1] if scale.ndim == 2 else scale)
