@@ -63,9 +63,9 @@ def stop(base: Path | str) -> None:
     pid_file = base / "redis.pid"
     if pid_file.exists():
         pid = int(pid_file.read_text().strip())
-        subprocess.run(["kill", str(pid)], capture_output=True)
+        subprocess.run(["kill", str(pid)], capture_output=True, check=False)
         for _ in range(100):
-            if subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0:
+            if subprocess.run(["kill", "-0", str(pid)], capture_output=True, check=False).returncode != 0:
                 break
             time.sleep(0.05)
     shutil.rmtree(base, ignore_errors=True)

@@ -115,7 +115,7 @@ class Calibration:
         width_step > 0 the same residuals also move the shared width factors (module docstring):
         ŷ = median + (pred − median) · exp(λ) + offset · scale. Quantiles do not cross the median (it
         is not tracked) and stay ordered."""
-        N, H, Q = pred.shape
+        H = pred.shape[1]
         self.start_tracking(H)  # refuses a calibration that does not track
         scale = window_scale(target_scale)
         center, dist = self.split(pred)
@@ -143,7 +143,7 @@ class Calibration:
         return self.finish(out).astype(pred.dtype)
 
     # ---- the online tracker, one actual at a time (track above; the server, serve/tracking.py) ------
-    def start_tracking(self, horizon: int) -> "TrackState":
+    def start_tracking(self, horizon: int) -> TrackState:
         """The tracker's state before any actual: no offset beyond the fitted ones, width factors 1."""
         if self.step is None:
             raise ValueError(f"calibration method {self.method!r} does not track; fit it with method='adaptive'")
@@ -157,7 +157,7 @@ class Calibration:
         center = center.astype(np.float64)
         return center, pred - center
 
-    def observe(self, state: "TrackState", center: np.ndarray, dist: np.ndarray, scale: np.ndarray, y: np.ndarray,
+    def observe(self, state: TrackState, center: np.ndarray, dist: np.ndarray, scale: np.ndarray, y: np.ndarray,
                 h: np.ndarray) -> None:
         """The actuals y (n,) newly known at one time step, each step h[k] (distinct) of a window with
         `split` forecast (center (n, 1), dist (n, Q)) and target scale (n,): one step of stochastic
@@ -170,7 +170,7 @@ class Calibration:
         state.offsets[h] += eta * grad
         state.log_width += self.width_step * np.sign(q - 0.5) * grad.mean(axis=0)  # 0 for the median
 
-    def tracked(self, state: "TrackState", center: np.ndarray, dist: np.ndarray, scale) -> np.ndarray:
+    def tracked(self, state: TrackState, center: np.ndarray, dist: np.ndarray, scale) -> np.ndarray:
         """A window's forecast (H, Q) (`split`, float64) under the tracked state; `finish` orders it."""
         return center + dist * np.exp(state.log_width) + state.offsets * np.asarray(scale)[..., None, None]
 

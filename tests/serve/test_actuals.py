@@ -121,7 +121,7 @@ def test_monitoring_equals_the_numbers_of_the_posted_actuals(zones, synthetic_bu
         assert [b["series"] for b in got["busiest"]] == busiest
         assert [b["total"] for b in got["busiest"]] == pytest.approx([want["totals"][s] for s in busiest])
         metrics = httpx.get(f"{srv.url}/metrics", timeout=30).text
-        mae = float(re.search(r"^fusioncast_monitor_mae (\S+)$", metrics, re.M).group(1))
+        mae = float(re.search(r"^fusioncast_monitor_mae (\S+)$", metrics, re.MULTILINE).group(1))
         assert mae == pytest.approx(want["overall"]["mae"], rel=1e-9)
     finally:
         assert srv.stop(), srv.log.read_text()

@@ -56,7 +56,7 @@ class ActualsParser:
         extra = item.keys() - ITEM_FIELDS
         if extra:
             raise RequestError(f"{at}: unknown field(s) {shown_keys(extra)}; an actual has series, time, value, inputs",
-                               field=f"{at}.{sorted(extra)[0]}")
+                               field=f"{at}.{min(extra)}")
         for name in ("series", "time", "value"):
             if name not in item:
                 raise RequestError(f"{at}.{name} is missing", field=f"{at}.{name}")
@@ -99,8 +99,8 @@ class ActualsParser:
                                field=field)
         extra = inputs.keys() - self.inputs
         if extra:
-            raise RequestError(f"{field}.{sorted(extra)[0]} is not a time-varying input of the model; inputs take "
-                               f"{sorted(self.inputs)}", field=f"{field}.{sorted(extra)[0]}")
+            raise RequestError(f"{field}.{min(extra)} is not a time-varying input of the model; inputs take "
+                               f"{sorted(self.inputs)}", field=f"{field}.{min(extra)}")
         for col, v in inputs.items():
             ok = type(v) in SCALAR if col in self.categoricals else (type(v) in NUMBER and math.isfinite(v))
             if not ok:

@@ -33,10 +33,10 @@ from fastapi.responses import PlainTextResponse
 from fusioncast.data.inference import empty_inputs
 from fusioncast.serve import openapi
 from fusioncast.serve.bundle import Bundle, BundleError, Model
-from fusioncast.serve.forecast import ForecastFastPath, ForecastService, dumps, read_body
 from fusioncast.serve.dashboard import add_dashboard
 from fusioncast.serve.feedback import Feedback
 from fusioncast.serve.fields import RequestError
+from fusioncast.serve.forecast import ForecastFastPath, ForecastService, dumps, read_body
 from fusioncast.serve.guard import LOOPBACK_HOSTS, load_tokens, secure
 from fusioncast.serve.monitoring import gauges
 from fusioncast.serve.store import StoreError, open_store

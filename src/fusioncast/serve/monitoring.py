@@ -28,7 +28,7 @@ def iso(t: int) -> str:
 def _stats(y: np.ndarray, med: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict:
     err = np.abs(y - med)
     total = float(np.abs(y).sum())
-    return {"pairs": int(len(y)), "mae": float(err.mean()), "bias": float((med - y).mean()),
+    return {"pairs": len(y), "mae": float(err.mean()), "bias": float((med - y).mean()),
             "coverage": float(((lo <= y) & (y <= hi)).mean()),
             "wape": float(err.sum() / total) if total > 0 else None}
 
