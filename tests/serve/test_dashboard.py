@@ -106,6 +106,7 @@ def test_the_dashboard_in_chromium(fed, zones, tmp_path):
         assert busiest == sorted(expected["totals"], key=lambda s: -expected["totals"][s])[:5]
         card = page.inner_text("#card")
         assert "seasonal naive" in card and "adaptive" in card and "parity" in card.lower()
+        assert f"{zones.times[0]} to {zones.times[-1]}" in card  # the training data's span
         page.fill("#search", "")
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)

@@ -13,15 +13,18 @@ time: with them the server can build a forecast request's history by itself.
 from __future__ import annotations
 
 import math
+import re
 
 import orjson
 import pandas as pd
 
 from fusioncast.data.preprocess import series_key
 from fusioncast.serve.fields import FIRST_TIME, LAST_TIME, NUMBER, SCALAR, RequestError, kind, shown, shown_keys
+from fusioncast.serve.openapi import TIMESTAMP
 from fusioncast.serve.store import Actual
 
 ITEM_FIELDS = frozenset(("series", "time", "value", "inputs"))
+_TIMESTAMP = re.compile(TIMESTAMP)  # the document's pattern: what it calls a timestamp, and nothing else
 
 
 class ActualsParser:
@@ -66,9 +69,7 @@ class ActualsParser:
         if type(value) not in NUMBER or not math.isfinite(value):
             got = shown(value) if type(value) in NUMBER else kind(value)
             raise RequestError(f"{at}.value must be a finite number, got {got}", field=f"{at}.value")
-        inputs = item.get("inputs")
-        if inputs is not None:
-            inputs = self.check_inputs(inputs, f"{at}.inputs")
+        inputs = self.check_inputs(item["inputs"], f"{at}.inputs") if "inputs" in item else None
         return key, t, float(value), None if inputs is None else orjson.dumps(inputs)
 
     def key(self, sid, field: str) -> str:
@@ -113,6 +114,8 @@ class ActualsParser:
 def _time(value, field: str) -> int:
     if type(value) is not str:
         raise RequestError(f"{field} must be an ISO 8601 timestamp string, got {kind(value)}", field=field)
+    if not _TIMESTAMP.match(value):
+        raise RequestError(f"{field} = {shown(value)} is not an ISO 8601 timestamp (2024-01-20T14:00:00)", field=field)
     try:
         t = pd.Timestamp(value)
     except (ValueError, TypeError, OverflowError) as e:

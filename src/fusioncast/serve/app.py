@@ -243,7 +243,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if app.openapi_schema is None:
             base = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             app.openapi_schema = openapi.document(base, bundle, max_series=config.max_series, example=example,
-                                                  auth=tokens is not None)
+                                                  auth=tokens is not None, max_actuals=config.max_actuals)
         return app.openapi_schema
 
     app.openapi = document

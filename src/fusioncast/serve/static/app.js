@@ -227,7 +227,9 @@ function renderMonitoring(m) {
 function renderCard(model) {
   const box = $("card");
   box.replaceChildren();
-  const rows = [["name", model.name], ["version", model.version], ["created", model.created_at],
+  const d = model.data;
+  const span = d ? `${d.start} to ${d.end}: ${d.rows} rows, ${d.series} series (validation from ${d.val_start}, test from ${d.test_start})` : "–";
+  const rows = [["name", model.name], ["version", model.version], ["created", model.created_at], ["training data", span],
                 ["frequency", model.freq], ["history / horizon", `${model.max_encoder_length} / ${model.max_prediction_length} steps`],
                 ["quantiles", model.quantiles.join(", ")], ["series in training", model.series.length],
                 ["calibration", model.calibration ? `${model.calibration.method} (fitted on ${model.calibration.fitted_on?.windows ?? "?"} windows)` : "none"],
