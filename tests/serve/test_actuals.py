@@ -194,3 +194,29 @@ def test_a_server_without_a_store_says_so(synthetic_bundle, tmp_path):
         assert httpx.get(f"{srv.url}/v1/monitoring", timeout=30).status_code == 404
     finally:
         assert srv.stop()
+
+
+def test_a_store_that_goes_away_gets_503_and_forecasts_go_on(zones, synthetic_bundle, tmp_path):
+    from tests import redis_server
+
+    try:
+        own = redis_server.start()
+    except (FileNotFoundError, RuntimeError) as e:
+        pytest.skip(f"no Redis server: {e}")
+    srv = Server(synthetic_bundle, tmp_path, "--store", own.url)
+    try:
+        origin = zones.times[-2 * zones.H]
+        assert post(srv.url, "/v1/actuals", {"actuals": zones.actuals(zones.times[zones.times < origin][-zones.L:])}
+                    ).status_code == 200
+        assert post(srv.url, "/v1/forecast", zones.request(origin, history=False)).status_code == 200
+        own.stop()
+        r = post(srv.url, "/v1/forecast", zones.request(origin, history=False))
+        assert r.status_code == 503 and "store" in r.json()["detail"]
+        r = post(srv.url, "/v1/forecast", zones.request(origin))  # with its history: answered, fitted offsets
+        assert r.status_code == 200, r.text
+        assert post(srv.url, "/v1/actuals", {"actuals": [GOOD]}).status_code == 503
+        assert httpx.get(f"{srv.url}/v1/monitoring", timeout=30).status_code == 503
+        assert httpx.get(f"{srv.url}/metrics", timeout=30).status_code == 200
+    finally:
+        own.stop()
+        assert srv.stop(), srv.log.read_text()

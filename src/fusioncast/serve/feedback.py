@@ -23,10 +23,21 @@ from fusioncast.serve.actuals import ActualsParser
 from fusioncast.serve.fields import RequestError, shown
 from fusioncast.serve.history import forecast_times, history_from, steps_back
 from fusioncast.serve.monitoring import iso, monitoring
-from fusioncast.serve.store import Store
+from fusioncast.serve.store import Store, StoreUnavailable
 from fusioncast.serve.tracking import NEVER, OnlineCalibration
 
 log = logging.getLogger("fusioncast.serve")
+
+
+async def _call(fn, *args):
+    """fn(*args) in a thread; a failure of the store becomes StoreUnavailable (503), never a 500 or a 4xx."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except RequestError:
+        raise
+    except Exception as e:
+        log.exception("the actuals store failed")
+        raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
 
 FLUSH_S = 0.05
 PRUNE_EVERY = 64  # actuals requests between two prunes of what is older than the store keeps
@@ -62,8 +73,11 @@ class Feedback:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        await self.flush()
-        await asyncio.to_thread(self.store.close)
+        try:  # what is pending, then the connection; a store that is away loses them, not the shutdown
+            await self.flush()
+            await asyncio.to_thread(self.store.close)
+        except Exception:
+            log.exception("closing the actuals store")
 
     async def _flusher(self) -> None:
         while True:
@@ -96,7 +110,7 @@ class Feedback:
         if not wanted:
             return
         keys = [self.parser.key(i, s.get("id"))[0] for i, s in wanted]
-        rows = await asyncio.to_thread(self.store.actuals, sorted(set(keys)), NEVER)  # pruned to what is kept
+        rows = await _call(self.store.actuals, sorted(set(keys)), NEVER)  # pruned to what is kept
         by_series: dict = {}
         for row in rows:
             by_series.setdefault(row[0], []).append(row)
@@ -115,7 +129,10 @@ class Feedback:
         the bundle's calibration is adaptive."""
         if self.tracking is None:
             return base
-        saved = await asyncio.to_thread(self.store.trackers, sorted(set(keys)))
+        try:
+            saved = await _call(self.store.trackers, sorted(set(keys)))
+        except StoreUnavailable:  # forecasts go on, with the fitted offsets, while the store is away
+            return base
         scale = window_scale(target_scale)
         return np.stack([self.tracking.serve(base[i], scale[i], self.tracking.state(saved.get(k)))
                          for i, k in enumerate(keys)])

@@ -21,6 +21,7 @@ from fusioncast.serve.bundle import Bundle, Model
 from fusioncast.serve.fields import RequestError, shown
 from fusioncast.serve.metrics import ServerMetrics
 from fusioncast.serve.requests import ParsedRequest, RequestParser
+from fusioncast.serve.store import StoreUnavailable
 
 log = logging.getLogger("fusioncast.serve")
 
@@ -124,7 +125,7 @@ class ForecastService:
                     await feedback.fill(obj)  # the stored history of series that come without one
                 parsed = self.parser.parse_obj(obj)
                 keys = feedback.keys(parsed.ids) if feedback is not None else None
-            except RequestError:
+            except (RequestError, StoreUnavailable):
                 raise
             except Exception as e:  # input no rule foresaw: still the client's request, never a 500
                 log.exception("unreadable request")
@@ -141,6 +142,8 @@ class ForecastService:
             status, payload = e.status, dumps(e.body())
         except QueueFull as e:
             status, payload, extra = 503, error_body(f"overloaded: {e}; retry later"), self.retry_after
+        except StoreUnavailable:  # the server's trouble, not the client's: retry later
+            status, payload, extra = 503, error_body("the actuals store is unavailable; retry later"), self.retry_after
         self.metrics.requests.labels(str(status)).inc()
         self.metrics.latency.observe(time.perf_counter() - start)
         return status, payload, extra

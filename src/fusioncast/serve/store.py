@@ -44,6 +44,10 @@ class StoreError(RuntimeError):
     """The store named in the configuration cannot be opened."""
 
 
+class StoreUnavailable(RuntimeError):
+    """A call to the store failed while serving (the database is down, a timeout): answered 503."""
+
+
 _TABLES = """
 CREATE TABLE IF NOT EXISTS fusioncast_actuals (series TEXT NOT NULL, t BIGINT NOT NULL, value {real} NOT NULL,
     inputs {blob}, PRIMARY KEY (series, t));
