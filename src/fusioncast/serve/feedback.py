@@ -42,6 +42,9 @@ async def _call(fn, *args):
 FLUSH_S = 0.05
 PRUNE_EVERY = 64  # actuals requests between two prunes of what is older than the store keeps
 MONITOR_CACHE_S = 1.0  # /metrics scrapes reuse a monitoring document this young
+# a worker reuses a series' tracked calibration state this long (a forecast would otherwise cost a store
+# round trip); the worker that takes a series' actuals drops its copy at once
+TRACKER_CACHE_S = 1.0
 
 
 class Feedback:
@@ -58,6 +61,7 @@ class Feedback:
         self.task = None
         self.posts = 0
         self._monitor = (0.0, None)
+        self.states: dict = {}             # series -> (monotonic time read, its TrackState)
         step = parser.step
         hours_steps = int(np.ceil(monitor_hours * 3600e9 / step)) if step else int(monitor_hours)
         self.keep_steps = max(parser.L, hours_steps) + parser.H  # history for a forecast, and the window
@@ -129,12 +133,17 @@ class Feedback:
         the bundle's calibration is adaptive."""
         if self.tracking is None:
             return base
-        try:
-            saved = await _call(self.store.trackers, sorted(set(keys)))
-        except StoreUnavailable:  # forecasts go on, with the fitted offsets, while the store is away
-            return base
+        now = time.monotonic()
+        stale = sorted({k for k in keys if now - self.states.get(k, (-1e9, None))[0] > TRACKER_CACHE_S})
+        if stale:
+            try:
+                saved = await _call(self.store.trackers, stale)
+            except StoreUnavailable:  # forecasts go on, with the fitted offsets, while the store is away
+                return base
+            for k in stale:
+                self.states[k] = (now, self.tracking.state(saved.get(k)))
         scale = window_scale(target_scale)
-        return np.stack([self.tracking.serve(base[i], scale[i], self.tracking.state(saved.get(k)))
+        return np.stack([self.tracking.serve(base[i], scale[i], self.states[k][1])
                          for i, k in enumerate(keys)])
 
     def record(self, keys: list[str], times: list[list[str]], series: list, base: np.ndarray, served: np.ndarray,
@@ -149,8 +158,13 @@ class Feedback:
     async def post_actuals(self, body: bytes) -> dict:
         rows = self.actuals_parser.parse(body)  # RequestError: 4xx naming the item and field
         await self.flush()  # forecasts this worker issued before these actuals: on record first
-        await asyncio.to_thread(self._store_actuals, rows)
-        return {"stored": len(rows), "series": len({r[0] for r in rows})}
+        touched = {r[0] for r in rows}
+        try:
+            await asyncio.to_thread(self._store_actuals, rows)
+        finally:
+            for key in touched:  # learned from: read again before the next forecast
+                self.states.pop(key, None)
+        return {"stored": len(rows), "series": len(touched)}
 
     def _store_actuals(self, rows: list) -> None:
         self.store.put_actuals(rows)
