@@ -220,3 +220,17 @@ def test_a_store_that_goes_away_gets_503_and_forecasts_go_on(zones, synthetic_bu
     finally:
         own.stop()
         assert srv.stop(), srv.log.read_text()
+
+
+def test_the_default_store_where_it_cannot_be_made_is_left_out_a_named_one_must_open(synthetic_bundle, tmp_path,
+                                                                                      monkeypatch):
+    from fusioncast.serve.app import ServeConfig, create_app
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache directory would go: nothing can be made under it
+    monkeypatch.setenv("FUSIONCAST_CACHE", str(blocked))
+    app = create_app(ServeConfig(bundle=str(synthetic_bundle), cache_dir=str(tmp_path / "ort")))
+    assert app.state.config.store == "sqlite"
+    with pytest.raises(ValueError, match="cannot open the SQLite store"):
+        create_app(ServeConfig(bundle=str(synthetic_bundle), cache_dir=str(tmp_path / "ort"),
+                               store=str(blocked / "actuals.sqlite3")))

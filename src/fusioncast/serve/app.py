@@ -204,12 +204,16 @@ def _example(bundle: Bundle) -> dict | None:
 
 
 def _feedback(bundle: Bundle, model: Model, config: ServeConfig):
-    """The store of ServeConfig.store (None for 'none'); the default SQLite file is one per bundle digest."""
+    """The store of ServeConfig.store (None for 'none'); the default SQLite file is one per bundle digest, and
+    where it cannot be made the server runs without a store (a store that was named must open)."""
     root = Path(os.environ.get("FUSIONCAST_CACHE", Path.home() / ".cache" / "fusioncast"))
     default = root / "actuals" / f"{bundle.meta.get('name') or 'bundle'}-{str(bundle.digest)[:16]}.sqlite3"
     try:
         return open_store(config.store, default)
     except StoreError as e:
+        if (config.store or "sqlite") == "sqlite":  # the default, where it cannot be (a read-only home): go without
+            log.warning("%s: serving without an actuals store (--store names another)", e)
+            return None
         raise ValueError(str(e)) from None
 
 
