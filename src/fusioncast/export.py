@@ -244,12 +244,24 @@ def export_bundle(module, dm: TimeSeriesDataModule, out_dir: str | Path, *, inte
         "calibration": (metrics or {}).get("calibration"),
         "int8": quantize_int8(out_dir, batch, quantiles, int8_tolerance) if int8 else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+        "data": _data_span(dm),
     }
     (out_dir / EXAMPLE_FILE).write_bytes(orjson.dumps(_example_request(dm, batch), option=orjson.OPT_INDENT_2))
     files = [MODEL_FILE, EXAMPLE_FILE] + ([INT8_FILE] if (meta["int8"] or {}).get("kept") else [])
     digest = write_meta(out_dir, meta, files)  # last: the integrity record seals what was written
     log.info("bundle written to %s (bundle sha256 %s)", out_dir, digest)
     return out_dir
+
+
+def _data_span(dm: TimeSeriesDataModule) -> dict | None:
+    """The training table's time span, rows and series, and its split points (the model card's data span)."""
+    frame = getattr(dm, "frame", None)
+    if frame is None:
+        return None
+    times = frame[dm.pp.schema.time_col]
+    return {"start": str(times.min()), "end": str(times.max()), "rows": len(frame),
+            "series": len(dm.pp.target_scales), "val_start": str(dm.hparams.val_start),
+            "test_start": None if dm.hparams.test_start is None else str(dm.hparams.test_start)}
 
 
 def _example_request(dm: TimeSeriesDataModule, batch: Batch) -> dict:

@@ -158,6 +158,32 @@ def test_an_answer_past_lambdas_limit_is_a_413(handler, example):
     assert status == 413 and "fewer series" in orjson.loads(content)["detail"]
 
 
+def test_the_api_token_is_required_on_lambda_too(stallion, example, tmp_path, monkeypatch):
+    """With $FUSIONCAST_API_TOKEN set, the handler applies the server's token auth: 401 without the bearer
+    token (and with a wrong one), 200 with it; the probes need none."""
+    from fusioncast.serve.aws_lambda import LambdaHandler
+
+    token = "lambda-test-token-0123456789"
+    monkeypatch.setenv("FUSIONCAST_API_TOKEN", token)
+    monkeypatch.setenv("FUSIONCAST_BUNDLE", str(stallion.path))
+    monkeypatch.setenv("FUSIONCAST_SERVE_CONFIG", json.dumps({"cache_dir": str(tmp_path / "ort")}))
+    guarded = LambdaHandler(config_from_env())
+    try:
+        body = orjson.dumps(example)
+        for shape in SHAPES[::2]:
+            status, _, answer = invoke(guarded, shape, "POST", "/v1/forecast", body, headers=JSON)
+            assert status == 401 and b"Bearer" in answer
+            wrong = {**JSON, "authorization": "Bearer " + "x" * len(token)}
+            assert invoke(guarded, shape, "POST", "/v1/forecast", body, headers=wrong)[0] == 401
+            assert invoke(guarded, shape, "GET", "/v1/model")[0] == 401
+            good = {**JSON, "authorization": f"Bearer {token}"}
+            status, _, answer = invoke(guarded, shape, "POST", "/v1/forecast", body, headers=good)
+            assert status == 200 and orjson.loads(answer)["forecasts"]
+            assert invoke(guarded, shape, "GET", "/healthz")[0] == 200
+    finally:
+        guarded.close()
+
+
 def test_config_from_env():
     c = config_from_env({"LAMBDA_TASK_ROOT": "/var/task"})
     defaults = ServeConfig(bundle="/var/task/bundle")

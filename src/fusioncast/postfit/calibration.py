@@ -17,7 +17,7 @@ offset + η (q − 1[residual ≤ offset]), with η at horizon step h (0-based) 
 is known only h + 1 steps after the window starts, so a window's offsets use only actuals observed
 before it (Calibration.track has the details). Hand-written: MAPIE's time-series ACI refits a
 regressor per update and knows neither quantile models nor delayed multi-step feedback. The server
-has no actuals to learn from and applies the fitted offsets.
+tracks them the same way from the actuals posted to it (serve/online_calibration.py).
 
 The per-step offsets of far horizon steps learn slowly: their actuals arrive up to H steps late and
 their step is small. With `width_step` > 0 the tracker also learns one width factor per quantile,
@@ -36,6 +36,15 @@ import numpy as np
 from fusioncast.quantiles import median_index
 
 METHODS = ("none", "conformal", "adaptive")
+
+
+@dataclass
+class TrackState:
+    """What method adaptive has learned of one series so far: offsets (H, Q) added to the fitted ones,
+    in units of the target scale, and the log width factors (Q,)."""
+
+    offsets: np.ndarray
+    log_width: np.ndarray
 
 
 @dataclass
@@ -91,7 +100,7 @@ class Calibration:
         (N,) or (N, 2) as (center, scale). Quantiles stay ordered (offsets could cross them)."""
         if pred.shape[-1] != len(self.quantiles) or pred.shape[-2] != self.offsets.shape[0]:
             raise ValueError(f"calibration fitted for (H, Q) = {self.offsets.shape}, forecasts are {pred.shape[1:]}")
-        scale = _window_scale(target_scale)
+        scale = window_scale(target_scale)
         out = pred + (self.offsets[None] * scale[:, None, None]).astype(pred.dtype)
         return np.sort(out, axis=-1)
 
@@ -108,19 +117,10 @@ class Calibration:
         width_step > 0 the same residuals also move the shared width factors (module docstring):
         ŷ = median + (pred − median) · exp(λ) + offset · scale. Quantiles do not cross the median (it
         is not tracked) and stay ordered."""
-        if self.step is None:
-            raise ValueError(f"calibration method {self.method!r} does not track; fit it with method='adaptive'")
-        N, H, Q = pred.shape
-        scale = _window_scale(target_scale)
-        q = np.asarray(self.quantiles, np.float64)
-        median = _is_median(self.quantiles)
-        frozen = np.zeros(Q, bool) if self.fitted_on.get("adjust_median") else median
-        eta = self.step[:, None] * np.where(frozen, 0.0, 1.0)[None]  # (H, Q)
-        # width factors act on the distance from the median (the quantiles' mean when there is none)
-        width_eta = self.width_step * np.sign(q - 0.5)             # (Q,): 0 for the median
-        center = pred[..., median][..., :1] if median.any() else pred.mean(axis=-1, keepdims=True)
-        center = center.astype(np.float64)
-        dist = pred - center                                         # (N, H, Q)
+        H = pred.shape[1]
+        self.start_tracking(H)  # refuses a calibration that does not track
+        scale = window_scale(target_scale)
+        center, dist = self.split(pred)
         y = target.astype(np.float64)
         out = pred.astype(np.float64, copy=True)
         steps = np.arange(H)
@@ -130,7 +130,7 @@ class Calibration:
             t = decoder_start[rows] - decoder_start[rows].min()
             row_at = np.full(int(t.max()) + 1, -1)
             row_at[t] = rows
-            offsets, log_width, known = np.zeros((H, Q)), np.zeros(Q), 0  # actuals known up to step `known`
+            state, known = self.start_tracking(H), 0  # actuals known up to step `known`
             for j, tj in zip(rows, t):
                 for a in range(known, tj + 1):  # actuals at step a - 1: step h of the window at a - 1 - h
                     start = a - 1 - steps
@@ -138,18 +138,52 @@ class Calibration:
                     h, i = steps[i >= 0], i[i >= 0]
                     seen = mask[i, h]
                     h, i = h[seen], i[seen]
-                    if len(i) == 0:
-                        continue
-                    now = center[i, h] + dist[i, h] * np.exp(log_width) + offsets[h] * scale[i][:, None]
-                    grad = q[None] - (y[i, h][:, None] <= now)  # (n, Q): pinball slope at the forecast of now
-                    offsets[h] += eta[h] * grad
-                    log_width += width_eta * grad.mean(axis=0)
+                    if len(i) > 0:
+                        self.observe(state, center[i, h], dist[i, h], scale[i], y[i, h], h)
                 known = max(known, tj + 1)
-                out[j] = center[j] + dist[j] * np.exp(log_width) + offsets * scale[j]
+                out[j] = self.tracked(state, center[j], dist[j], scale[j])
+        return self.finish(out).astype(pred.dtype)
+
+    # ---- the online tracker, one actual at a time (track above; the server, serve/online_calibration.py) ------
+    def start_tracking(self, horizon: int) -> TrackState:
+        """The tracker's state before any actual: no offset beyond the fitted ones, width factors 1."""
+        if self.step is None:
+            raise ValueError(f"calibration method {self.method!r} does not track; fit it with method='adaptive'")
+        return TrackState(np.zeros((horizon, len(self.quantiles))), np.zeros(len(self.quantiles)))
+
+    def split(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(center (..., 1), distance from it (..., Q)) of forecasts pred (..., Q), in float64: the width
+        factors act on the distance from the median (the quantiles' mean when there is none)."""
+        median = _is_median(self.quantiles)
+        center = pred[..., median][..., :1] if median.any() else pred.mean(axis=-1, keepdims=True)
+        center = center.astype(np.float64)
+        return center, pred - center
+
+    def observe(self, state: TrackState, center: np.ndarray, dist: np.ndarray, scale: np.ndarray, y: np.ndarray,
+                h: np.ndarray) -> None:
+        """The actuals y (n,) newly known at one time step, each step h[k] (distinct) of a window with
+        `split` forecast (center (n, 1), dist (n, Q)) and target scale (n,): one step of stochastic
+        gradient descent on each residual's pinball loss at the forecast of now (track's docstring)."""
+        q = np.asarray(self.quantiles, np.float64)
+        frozen = np.zeros(len(q), bool) if self.fitted_on.get("adjust_median") else _is_median(self.quantiles)
+        eta = self.step[h][:, None] * np.where(frozen, 0.0, 1.0)[None]  # (n, Q)
+        now = center + dist * np.exp(state.log_width) + state.offsets[h] * scale[:, None]
+        grad = q[None] - (y[:, None] <= now)  # (n, Q): pinball slope at the forecast of now
+        state.offsets[h] += eta * grad
+        state.log_width += self.width_step * np.sign(q - 0.5) * grad.mean(axis=0)  # 0 for the median
+
+    def tracked(self, state: TrackState, center: np.ndarray, dist: np.ndarray, scale) -> np.ndarray:
+        """A window's forecast (H, Q) (`split`, float64) under the tracked state; `finish` orders it."""
+        return center + dist * np.exp(state.log_width) + state.offsets * np.asarray(scale)[..., None, None]
+
+    def finish(self, out: np.ndarray) -> np.ndarray:
+        """Tracked forecasts (..., Q): quantiles do not cross the median (it is not tracked), in order."""
+        median = _is_median(self.quantiles)
         if median.any() and not self.fitted_on.get("adjust_median"):
+            q = np.asarray(self.quantiles, np.float64)
             m = out[..., median][..., :1]
             out = np.where(q < 0.5, np.minimum(out, m), np.maximum(out, m))
-        return np.sort(out, axis=-1).astype(pred.dtype)
+        return np.sort(out, axis=-1)
 
     def to_dict(self) -> dict:
         d = {"method": self.method, "quantiles": self.quantiles, "offsets": self.offsets.tolist(),
@@ -215,7 +249,7 @@ def _is_median(quantiles: list[float]) -> np.ndarray:
     return np.abs(np.asarray(quantiles, np.float64) - 0.5) < 1e-9
 
 
-def _window_scale(target_scale: np.ndarray) -> np.ndarray:
+def window_scale(target_scale: np.ndarray) -> np.ndarray:
     """Each window's target scale from (N,) scales or (N, 2) (center, scale) pairs, floored."""
     scale = np.asarray(target_scale)
     return _scale(scale[:, 1] if scale.ndim == 2 else scale)

@@ -205,7 +205,8 @@ class Bundle:
             "schema": s.to_dict(), "vocabularies": self.pp.vocab,
             "series": sorted(self.pp.target_scales), "metrics": without_paths(self.meta.get("metrics")),
             "parity": self.meta.get("parity"), "variables": self.meta.get("variables"),
-            "calibration": self.meta.get("calibration"),
+            "calibration": self.meta.get("calibration"), "versions": self.meta.get("versions"),
+            "data": self.meta.get("data"),
         }
 
 

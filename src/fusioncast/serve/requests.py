@@ -118,12 +118,16 @@ class RequestParser:
 
     # ---- whole requests ---------------------------------------------------------------------------
     def parse(self, body: bytes) -> ParsedRequest:
+        return self.parse_obj(self.load(body))
+
+    @staticmethod
+    def load(body: bytes):
+        """The body's JSON value (400 when it is not JSON)."""
         try:
-            obj = orjson.loads(body)
+            return orjson.loads(body)
         except orjson.JSONDecodeError as e:
             raise RequestError(f"the body is not valid JSON ({e}); NaN and Infinity are not JSON: send null for a "
                                "missing target value", status=400) from None
-        return self.parse_obj(obj)
 
     def parse_obj(self, obj) -> ParsedRequest:
         if type(obj) is not dict:
