@@ -86,12 +86,12 @@ class Calibration:
 
     def apply(self, pred: np.ndarray, target_scale: np.ndarray) -> np.ndarray:
         """Calibrated quantiles (N, H, Q) from pred (N, H, Q) in target units and the windows' target scale,
-        (N,) or (N, 2) as (center, scale). Quantiles stay ordered (offsets could cross them)."""
+        (N,) or (N, 2) as (center, scale). Quantiles stay ordered (offsets could cross them: `_ordered`)."""
         if pred.shape[-1] != len(self.quantiles) or pred.shape[-2] != self.offsets.shape[0]:
             raise ValueError(f"calibration fitted for (H, Q) = {self.offsets.shape}, forecasts are {pred.shape[1:]}")
         scale = _window_scale(target_scale)
         out = pred + (self.offsets[None] * scale[:, None, None]).astype(pred.dtype)
-        return np.sort(out, axis=-1)
+        return _ordered(out, self.quantiles, keep_median=not self.fitted_on.get("adjust_median"))
 
     def track(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, target_scale: np.ndarray,
               series: np.ndarray, decoder_start: np.ndarray) -> np.ndarray:
@@ -144,10 +144,7 @@ class Calibration:
                     log_width += width_eta * grad.mean(axis=0)
                 known = max(known, tj + 1)
                 out[j] = center[j] + dist[j] * np.exp(log_width) + offsets * scale[j]
-        if median.any() and not self.fitted_on.get("adjust_median"):
-            m = out[..., median][..., :1]
-            out = np.where(q < 0.5, np.minimum(out, m), np.maximum(out, m))
-        return np.sort(out, axis=-1).astype(pred.dtype)
+        return _ordered(out, self.quantiles, keep_median=not self.fitted_on.get("adjust_median")).astype(pred.dtype)
 
     def to_dict(self) -> dict:
         d = {"method": self.method, "quantiles": self.quantiles, "offsets": self.offsets.tolist(),
@@ -207,6 +204,17 @@ def _per_step(values: np.ndarray, mask: np.ndarray, stat, per_horizon: bool = Tr
             if mask[:, h].sum() >= 10:
                 out[h] = stat(values[:, h][mask[:, h]])
     return out
+
+
+def _ordered(out: np.ndarray, quantiles: list[float], keep_median: bool) -> np.ndarray:
+    """Quantiles (..., Q) in order: sorted over the last axis; with `keep_median` (the median is not
+    calibrated) the others first stop at the median, so that the point forecast stays as it was."""
+    median = _is_median(quantiles)
+    if keep_median and median.any():
+        m = out[..., median][..., :1]
+        below = np.asarray(quantiles, np.float64) < 0.5
+        out = np.where(below, np.minimum(out, m), np.maximum(out, m))
+    return np.sort(out, axis=-1)
 
 
 def _is_median(quantiles: list[float]) -> np.ndarray:
