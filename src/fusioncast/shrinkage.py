@@ -22,6 +22,7 @@ best checkpoint, so evaluation, export and the torch backend of batch scoring al
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -101,7 +102,10 @@ def choose_correction_scale(module: TFTModule, dm: TimeSeriesDataModule, split: 
 
 
 def write_correction_scale(ckpt_path: str, factors: list[float]) -> None:
-    """Store the chosen factors in a Lightning checkpoint's state dict (the file is rewritten)."""
+    """Store the chosen factors in a Lightning checkpoint's state dict (the file is replaced atomically:
+    under DDP the other ranks may be reading it at that moment)."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     ckpt["state_dict"]["net.correction_scale"] = torch.tensor([float(f) for f in factors])
-    torch.save(ckpt, ckpt_path)
+    tmp = f"{ckpt_path}.{os.getpid()}.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, ckpt_path)
