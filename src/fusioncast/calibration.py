@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METHODS = ("none", "conformal", "adaptive")
+# method adaptive's steps, as configs/calibration/adaptive.yaml has them (chosen there on validation)
+DEFAULT_STEP, DEFAULT_WIDTH_STEP = 0.01, 0.002
 
 
 @dataclass
@@ -52,7 +54,7 @@ class Calibration:
     @classmethod
     def fit(cls, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, scale: np.ndarray, quantiles: list[float],
             per_horizon: bool = True, adjust_median: bool = False, method: str = "conformal",
-            step: float = 0.01, width_step: float = 0.0) -> "Calibration":
+            step: float = DEFAULT_STEP, width_step: float = DEFAULT_WIDTH_STEP) -> "Calibration":
         """Fit on forecasts pred (N, H, Q) of actuals target/mask (N, H), with the target scale (N,) of each
         window's series. A horizon step with no observed actual gets the offsets pooled over all steps.
         Method adaptive adds the tracking step: `step` / sqrt(h + 1) times the P10–P90 spread of the median's
@@ -147,8 +149,12 @@ class Calibration:
         return _ordered(out, self.quantiles, keep_median=not self.fitted_on.get("adjust_median")).astype(pred.dtype)
 
     def to_dict(self) -> dict:
+        """metrics.json's / bundle.json's `calibration`; `served` says what the server and fusioncast-predict
+        apply: the fitted offsets as they are (they see no actuals to track with; predict's replay=N does)."""
         d = {"method": self.method, "quantiles": self.quantiles, "offsets": self.offsets.tolist(),
-             "fitted_on": self.fitted_on}
+             "fitted_on": self.fitted_on,
+             "served": {"applies": "offsets", "tracks": False,
+                        "tracked_by": "fusioncast-predict replay=N" if self.step is not None else None}}
         if self.step is not None:
             d["step"] = self.step.tolist()
             d["width_step"] = self.width_step
