@@ -29,7 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_accuracy import SHARED, compose  # the same config composition as the console scripts
+from bench_accuracy import (  # the same config composition as the console scripts
+    SHARED,
+    compose,
+)
 
 QUANTILES = [0.1, 0.5, 0.9]
 # set -> overrides of `fusioncast-train` (calibration=none: the raw forecasts are what is calibrated here)

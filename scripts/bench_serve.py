@@ -151,11 +151,11 @@ def median_ms(f, repeat: int, budget_s: float = 10.0) -> float:
 def model_only(bundle_dir: Path, ckpt: str, inputs: dict[str, np.ndarray]) -> list[dict]:
     import torch
 
+    from fusioncast.checkpoint import load_model
     from fusioncast.data.inference import INPUT_NAMES
-    from fusioncast.models.module import TFTModule
     from fusioncast.serve.bundle import Bundle, Model
 
-    net = TFTModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False).net.eval()
+    net = load_model(ckpt)[0].net.eval()
     bundle = Bundle.load(bundle_dir)
     rows = []
     for threads in (1, 2):
@@ -165,13 +165,13 @@ def model_only(bundle_dir: Path, ckpt: str, inputs: dict[str, np.ndarray]) -> li
             x = {k: v[:batch] for k, v in inputs.items()}
             xt = [torch.from_numpy(x[n]) for n in INPUT_NAMES]
 
-            def eager():
+            def eager(xt=xt):
                 with torch.inference_mode():
                     return net(*xt)
 
             np.testing.assert_allclose(ort_model(x)[0], eager().numpy(), rtol=1e-3, atol=1e-2)
             repeat = 400 if batch == 1 else 60
-            o, t = median_ms(lambda: ort_model(x), repeat), median_ms(eager, repeat)
+            o, t = median_ms(lambda m=ort_model, x=x: m(x), repeat), median_ms(eager, repeat)
             rows.append({"threads": threads, "batch": batch, "onnxruntime_ms": o, "torch_eager_ms": t,
                          "speedup": t / o})
             print(f"  model only, {threads} thread(s), batch {batch:3d}: onnxruntime {o:.3f} ms, "

@@ -59,7 +59,7 @@ def test_sampled_epochs_see_every_window_once_before_any_twice():
     assert len(b) == math.ceil(4 / 3)
     epochs = [epoch_order(b) for _ in range(5)]  # 20 windows: the whole set twice
     assert all(len(e) == 4 for e in epochs)
-    stream = sum(epochs, [])
+    stream = [w for e in epochs for w in e]
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
     assert stream[:10] != stream[10:]  # each pass its own permutation
     # the order of an epoch is a function of (seed, epoch): a fresh loader set to epoch 3 repeats it

@@ -28,7 +28,8 @@ def test_every_data_set_gets_the_default_calibration_and_budget(data, tmp_path):
 
 
 def test_every_benchmark_protocol_has_a_config():
-    wanted = {"stallion_tutorial", "nyc_taxi_h5", "etth1_univariate", "etth1_covariates"}
+    wanted = {"stallion_tutorial", "nyc_taxi_h5", "etth1_univariate", "etth1_covariates", "m4_hourly",
+              "nyc_taxi_numenta"}
     wanted |= {f"etth1_{kind}_h{h}" for kind in ("univariate", "covariates") for h in HORIZONS}
     assert wanted <= set(EXPERIMENTS)
 
@@ -134,7 +135,7 @@ def test_global_target_normalizer_shares_one_scale(tmp_path):
     assert again.target_scale("new zone", np.array([1e6, 2e6])) == pytest.approx((y.mean(), y.std(ddof=0)))
     assert per_series.pp.target_scale("new zone", np.array([1.0, 3.0])) == pytest.approx((2.0, 1.0))
     with pytest.raises(SchemaError, match="target_normalizer"):
-        TimeSeriesDataModule(**common, target_normalizer="window")
+        TimeSeriesDataModule(**common, target_normalizer="windowed")
 
 
 def test_etth1_protocol_reproduces_published_nlinear(tmp_path):

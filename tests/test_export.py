@@ -16,7 +16,7 @@ from fusioncast import export as export_mod
 from fusioncast.calibration import Calibration
 from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES
 from fusioncast.export import ExportError, _Graph, check_parity, quantize_int8, real_windows, relative_difference
-from fusioncast.serve.bundle import Bundle, Model, sha256_file
+from fusioncast.serve.bundle import Bundle, Model, sha256_file, write_meta
 from fusioncast.train import train
 from tests.conftest import TINY, compose_config, needs_shared
 
@@ -75,7 +75,7 @@ def test_served_quantiles_carry_the_training_calibration(real_bundle, tmp_path, 
     # adaptive's tracking step travels along; the server, which sees no actuals, applies the offsets alone
     step = np.full(6, 0.01) if method == "adaptive" else None
     meta["calibration"] = Calibration([0.1, 0.5, 0.9], offsets, method, {}, step).to_dict()
-    (copy / "bundle.json").write_text(json.dumps(meta))
+    write_meta(copy, meta, list(meta["integrity"]["files"]))  # sealed again: an edit alone is refused
     batch, _ = real_windows(rb.dm, 16)
     inputs = {n: t.numpy() for n, t in zip(INPUT_NAMES, batch.inputs())}
     raw = Model(Bundle.load(rb.path), cache=False)(inputs)[0]

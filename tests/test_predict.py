@@ -70,12 +70,13 @@ def adaptive_bundle(rb, path, step: float):
     import shutil
 
     from fusioncast.calibration import Calibration
+    from fusioncast.serve.bundle import write_meta
 
     shutil.copytree(rb.path, path)
     meta = json.loads((path / "bundle.json").read_text())
     H = rb.dm.schema.max_prediction_length
     meta["calibration"] = Calibration([0.1, 0.5, 0.9], np.zeros((H, 3)), "adaptive", {}, np.full(H, step)).to_dict()
-    (path / "bundle.json").write_text(json.dumps(meta))
+    write_meta(path, meta, list(meta["integrity"]["files"]))  # sealed again: an edit alone is refused
     return path
 
 
@@ -126,3 +127,64 @@ def test_replay_needs_an_adaptive_calibration(real_bundle, tmp_path):
         run(tmp_path, f"bundle={bundle}", f"input={tmp_path / 'input.csv'}", "output=null", "replay=-1")
     with pytest.raises(ValueError, match="replay must be a whole number.*'ten'"):
         run(tmp_path, f"bundle={bundle}", f"input={tmp_path / 'input.csv'}", "output=null", "replay=ten")
+
+
+def _scored(tmp_path, bundle, table: pd.DataFrame, name: str = "input.parquet", output: str = "null"):
+    table.to_parquet(tmp_path / name) if name.endswith(".parquet") else table.to_csv(tmp_path / name, index=False)
+    return run(tmp_path, f"bundle={bundle}", f"input={tmp_path / name}", f"output={output}")
+
+
+def test_batch_scoring_refuses_what_the_server_refuses(real_bundle, tmp_path):
+    """NaN or infinite covariates (training's path would fill them with the mean), an infinite target,
+    dates beyond datetime64[ns] and a forecast that overflows: each an error naming the series, never
+    empty cells or a wrapped date."""
+    rb = real_bundle("stallion")
+    table = forecast_table(stallion_subset(), STALLION, "2017-07-01").reset_index(drop=True)
+    row = table.index[(table.agency == "Agency_15") & (table.sku == "SKU_02") & (table.date == "2016-03-01")][0]
+    for col, value, match in [("price_regular", np.nan, "column 'price_regular' is nan at 2016-03-01"),
+                              ("industry_volume", np.inf, "column 'industry_volume' is inf"),
+                              ("avg_population_2017", -np.inf, "column 'avg_population_2017' is -inf"),
+                              ("volume", np.inf, "column .volume. is inf at 2016-03-01.*the target may be empty, never infinite")]:
+        bad = table.copy()
+        bad[col] = bad[col].astype(float)
+        rows = bad.index[(bad.agency == "Agency_15") & (bad.sku == "SKU_02")] if col.startswith("avg_") else [row]
+        bad.loc[rows, col] = value  # a static column: the whole series
+        with pytest.raises(SchemaError, match=f"agency=Agency_15, sku=SKU_02: {match}"):
+            _scored(tmp_path, rb.path, bad)
+    late = table.copy()
+    late["date"] = late["date"].astype(str).str.replace("2017-", "2263-")
+    with pytest.raises(SchemaError, match="has 2263-.* outside the times the model can represent"):
+        _scored(tmp_path, rb.path, late, "late.csv")
+    # a series unseen in training with targets of +-3.3e38 is scaled by its own history: the forecast overflows
+    huge = table[(table.agency == "Agency_15") & (table.sku == "SKU_02")].copy()
+    huge["agency"] = "Agency_99"
+    observed = huge.volume.notna().to_numpy()
+    huge.loc[observed, "volume"] = np.where(np.arange(observed.sum()) % 2, 3.3e38, -3.3e38)
+    with pytest.raises(SchemaError, match="agency=Agency_99, sku=SKU_02: the model's forecast is not finite.*"
+                                          "column 'volume' \\(history rows\\)"):
+        _scored(tmp_path, rb.path, pd.concat([table, huge], ignore_index=True))
+
+
+def test_batch_scoring_of_an_empty_table_says_so(real_bundle, tmp_path):
+    rb = real_bundle("stallion")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(SchemaError, match="is empty: no header, no rows"):
+        run(tmp_path, f"bundle={rb.path}", f"input={tmp_path / 'empty.csv'}", "output=null")
+    (tmp_path / "header.csv").write_text("agency,sku,date,volume\n")
+    with pytest.raises(SchemaError, match="has no rows"):
+        run(tmp_path, f"bundle={rb.path}", f"input={tmp_path / 'header.csv'}", "output=null")
+
+
+def test_outputs_are_replaced_whole(real_bundle, tmp_path):
+    """The forecasts go to a temporary file renamed over the output: a reader of the earlier output keeps
+    reading it whole, and nothing is left beside it."""
+    rb = real_bundle("stallion")
+    table = forecast_table(stallion_subset(), STALLION, "2017-07-01")
+    out = tmp_path / "out" / "forecasts.csv"
+    first = _scored(tmp_path, rb.path, table, output=str(out))
+    before = out.read_bytes()
+    with open(out, "rb") as reader:  # opened before the next job writes
+        _scored(tmp_path, rb.path, forecast_table(stallion_subset(), STALLION, "2017-06-01"), output=str(out))
+        assert reader.read() == before  # in-place writing would have truncated what it reads
+    assert out.read_bytes() != before and sorted(p.name for p in out.parent.iterdir()) == ["forecasts.csv"]
+    assert len(first) == 35 * 6

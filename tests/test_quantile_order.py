@@ -92,7 +92,7 @@ def exported(tmp_path_factory):
     """One crossing model and a 2-member ensemble of such, exported with the project's exporter, and the
     model's int8 variant."""
     out = tmp_path_factory.mktemp("order-onnx")
-    small = dict(hidden_size=8, attention_heads=2)  # export time grows with the graph: keep it small
+    small = {"hidden_size": 8, "attention_heads": 2}  # export time grows with the graph: keep it small
     single = crossing_model(RICH, 1, ISSUE_FACTORS, **small)
     ensemble = TFTEnsemble([crossing_model(UNIVARIATE, 2, ISSUE_FACTORS, **small),
                             crossing_model(UNIVARIATE, 3, [0.0, 1.0, 0.2], **small)]).eval()

@@ -71,8 +71,10 @@ def test_optuna_sweep_records_trials_best_config_and_resumes(tmp_path):
     assert cfg.data.name == "nyc_taxi" and cfg.trainer.max_epochs == 1 and cfg.data.eval_stride == 96
     assert "hparams_search" not in (first / "best_experiment.yaml").read_text()  # a plain run, no sweep
 
-    # the same command with the same storage continues the study instead of starting over
-    second = run_sweep(tmp_path, "second", n_trials=1)
+    # the same command with the same storage continues the study instead of starting over: n_trials is the
+    # size of the study, so one more trial runs, numbered on from the first run's
+    second = run_sweep(tmp_path, "second", n_trials=4)
+    assert sorted(p.name for p in second.iterdir() if p.is_dir()) == ["3"]
     optuna = pytest.importorskip("optuna")
     study = optuna.load_study(study_name="pytest", storage=f"sqlite:///{tmp_path}/optuna.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -103,7 +105,11 @@ def test_sweep_config_composes():
         cfg = compose("train.yaml", overrides=["hparams_search=optuna", "data=stallion"], return_hydra_config=True)
     GlobalHydra.instance().clear()
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert sweeper._target_ == "hydra_plugins.fusioncast_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert sweeper.sampler.multivariate and sweeper.sampler.constant_liar and sweeper.sampler.seed == cfg.seed
+    assert sweeper.pruner._target_ == "optuna.pruners.SuccessiveHalvingPruner"
+    assert cfg.callbacks.optuna_pruning.monitor == "val/loss"
     assert sweeper.study_name == "tft-stallion"
     assert sweeper.storage == f"sqlite:///{cfg.paths.log_dir}/optuna/tft-stallion.db"
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == sweeper.n_jobs

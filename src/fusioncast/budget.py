@@ -23,9 +23,7 @@ def parse_budget(value) -> dt.timedelta | None:
     timedelta's keywords ({minutes: 15}); null, "none" or 0 mean no budget."""
     if value is None or isinstance(value, dt.timedelta):
         return value or None
-    if isinstance(value, bool):
-        raise ValueError(f"budget must be a duration such as 15m or 00:00:15:00, got {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # a bool falls through: refused below
         seconds = 60.0 * value
     elif hasattr(value, "items"):
         try:

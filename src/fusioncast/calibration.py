@@ -36,6 +36,8 @@ import numpy as np
 METHODS = ("none", "conformal", "adaptive")
 # method adaptive's steps, as configs/calibration/adaptive.yaml has them (chosen there on validation)
 DEFAULT_STEP, DEFAULT_WIDTH_STEP = 0.01, 0.002
+# metrics.json's / bundle.json's `calibration` when calibration is off, so that both always say which one applies
+NONE = {"method": "none", "served": {"applies": "nothing", "tracks": False, "tracked_by": None}}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Training callbacks of our own: throughput (samples/s) per epoch, printed and logged."""
+"""Training callbacks of our own: throughput (samples/s) per epoch, printed and logged; Optuna pruning in sweeps."""
 
 from __future__ import annotations
 
@@ -38,3 +38,17 @@ class Throughput(L.Callback):
         pl_module.log("train/samples_per_sec", rate, on_epoch=True, rank_zero_only=True)
         if self.verbose and trainer.is_global_zero:
             print(f"epoch {trainer.current_epoch}: {rate:,.0f} samples/s ({self.samples * trainer.world_size} samples in {elapsed:.1f} s)")
+
+
+def optuna_pruning(monitor: str = "val/loss") -> L.Callback:
+    """In a trial of `hparams_search=optuna`: optuna-integration's Lightning pruning callback, which reports
+    `monitor` to the trial after every validation and stops the fit (optuna.TrialPruned) when the study's
+    pruner says so. Outside a sweep trial there is nothing to report to: a callback that does nothing."""
+    from hydra_plugins.fusioncast_optuna_sweeper.trial import current_trial
+
+    trial = current_trial()
+    if trial is None:
+        return L.Callback()
+    from optuna_integration.pytorch_lightning import PyTorchLightningPruningCallback
+
+    return PyTorchLightningPruningCallback(trial, monitor=monitor)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from fusioncast.models.module import TFTModule
+from fusioncast import checkpoint
+from fusioncast.models.module import RNG_KEY, TFTModule
 
 ENSEMBLE_FILE = "ensemble.ckpt"
 
@@ -51,7 +50,7 @@ def assemble(members: list[TFTModule]) -> TFTModule:
 
 
 def _spelled(hparams) -> str:
-    # the optimiser and scheduler are functools.partial objects, which compare by identity: compare text
+    # as text: tuples and lists (a config's and a checkpoint's spelling of the same list) compare alike
     return json.dumps(dict(hparams), default=repr, sort_keys=True)
 
 
@@ -59,12 +58,10 @@ def write_checkpoint(module: TFTModule, member_checkpoint: str, path: str | Path
     """Save the assembled ensemble as a Lightning checkpoint at `path`, taking everything but the weights
     and hyperparameters (the datamodule's fitted state, versions) from a member's checkpoint. Optimiser and
     callback states are left out: an ensemble is not resumed."""
-    ckpt = torch.load(member_checkpoint, map_location="cpu", weights_only=False)
-    for key in ("optimizer_states", "lr_schedulers", "callbacks", "loops"):
+    ckpt = checkpoint.load(member_checkpoint)
+    for key in ("optimizer_states", "lr_schedulers", "callbacks", "loops", RNG_KEY):
         ckpt.pop(key, None)
     ckpt["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     ckpt["hyper_parameters"] = dict(module.hparams)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
+    checkpoint.save(ckpt, path)
     return str(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -11,7 +12,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fusioncast.calibration import DEFAULT_STEP, DEFAULT_WIDTH_STEP, METHODS, Calibration, cross_fit
+from fusioncast import checkpoint
+from fusioncast.calibration import (
+    DEFAULT_STEP,
+    DEFAULT_WIDTH_STEP,
+    METHODS,
+    NONE,
+    Calibration,
+    cross_fit,
+)
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.data.windows import BatchLoader
 from fusioncast.metrics import forecast_metrics, seasonal_naive
@@ -85,7 +94,8 @@ def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "
     forecaster fed each actual would; the blocks before tracking go to `served`, since the fitted
     offsets, applied as they are, are what the server (which sees no actuals) gives. With method
     conformal `served` equals the val/test blocks. `coverage_p10_p90` sums up the P10-P90 coverage
-    per split: raw, served (static offsets) and tracked (null unless adaptive).
+    per split: raw, served (static offsets) and tracked (null unless adaptive). Without a calibration
+    (method none) `calibration` is `{"method": "none", ...}`.
     """
     metrics: dict = {"baseline": {}, "seasonal_period": dm.seasonal_period}
     if dm.hparams.test_start is None:
@@ -96,6 +106,8 @@ def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "
     if cal is not None:
         metrics["calibration"], metrics["uncalibrated"], metrics["served"] = cal.to_dict(), {}, {}
         coverage = metrics["coverage_p10_p90"] = {}
+    else:
+        metrics["calibration"] = copy.deepcopy(NONE)
     for split, p in preds.items():
         if cal is not None:
             metrics["uncalibrated"][split] = split_metrics(p, dm, quantiles)[0]
@@ -138,16 +150,13 @@ def load_checkpoint(ckpt_path: str, data_overrides: dict | None = None, device: 
     `data_overrides` replace keys of the stored data config (e.g. `path` to point at another copy).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    state = ckpt.get(TimeSeriesDataModule.__qualname__)
-    if state is None:
-        raise ValueError(f"{ckpt_path} is not a fusioncast checkpoint (no {TimeSeriesDataModule.__qualname__} state)")
+    ckpt = checkpoint.load(ckpt_path)
+    state = checkpoint.data_state(ckpt, ckpt_path)
     hparams = {**state["hparams"], **{k: v for k, v in (data_overrides or {}).items() if v is not None}}
     dm = TimeSeriesDataModule(**hparams)
     dm.load_state_dict(state)
     dm.setup("test")
-    module = TFTModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=False)
-    return module, dm
+    return checkpoint.model_from(ckpt, ckpt_path, device), dm
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")
@@ -160,7 +169,10 @@ def main(cfg: DictConfig) -> None:
     metrics["checkpoint"] = str(cfg.ckpt_path)
     print(f"wrote {write_metrics(metrics, cfg.paths.output_dir)}")
     if cfg.get("backtest") and cfg.backtest.origins:
-        from fusioncast.backtest import backtest, write_backtest  # backtest imports this module
+        from fusioncast.backtest import (  # backtest imports this module
+            backtest,
+            write_backtest,
+        )
 
         result = backtest(module, dm, cfg.backtest.origins, cfg.backtest.split,
                           Calibration.from_dict(metrics.get("calibration")))

@@ -31,7 +31,8 @@ from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES, OUTPUT_
 from fusioncast.data.windows import Batch
 from fusioncast.models.tft import MIN_TARGET_SCALE, TemporalFusionTransformer
 from fusioncast.serve.bundle import (BUNDLE_FORMAT, DISABLED_OPTIMIZERS, EXAMPLE_FILE, FORMAT_VERSION, INT8_FILE,
-                                     META_FILE, MODEL_FILE, preprocessing_meta, sha256_file)
+                                     INTEGRITY, META_FILE, MODEL_FILE, preprocessing_meta, sha256_file,
+                                     without_paths, write_meta)
 from fusioncast.serve.requests import series_payload
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,9 @@ def export_bundle(module, dm: TimeSeriesDataModule, out_dir: str | Path, *, inte
         **preprocessing_meta(pp),
         "max_encoder_length": pp.schema.max_encoder_length, "max_prediction_length": pp.schema.max_prediction_length,
         "quantiles": quantiles, "variables": variable_names(pp),
-        "metrics": metrics, "checkpoint": checkpoint, "parity": parity,
+        # no path of this machine (the checkpoint's, the run's): a bundle is shipped to other machines
+        "metrics": without_paths(metrics), "checkpoint": Path(checkpoint).name if checkpoint else None,
+        "parity": parity,
         # conformal offsets fitted in training (calibration=conformal): applied to the graph's quantiles
         # by serve.bundle.Model; the parity check is of the graph itself
         "calibration": (metrics or {}).get("calibration"),
@@ -226,8 +229,9 @@ def export_bundle(module, dm: TimeSeriesDataModule, out_dir: str | Path, *, inte
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
     (out_dir / EXAMPLE_FILE).write_bytes(orjson.dumps(_example_request(dm, batch), option=orjson.OPT_INDENT_2))
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
-    log.info("bundle written to %s", out_dir)
+    files = [MODEL_FILE, EXAMPLE_FILE] + ([INT8_FILE] if (meta["int8"] or {}).get("kept") else [])
+    digest = write_meta(out_dir, meta, files)  # last: the integrity record seals what was written
+    log.info("bundle written to %s (bundle sha256 %s)", out_dir, digest)
     return out_dir
 
 
@@ -253,7 +257,8 @@ def main(cfg: DictConfig) -> None:
         tolerance=cfg.parity.tolerance, windows=cfg.parity.windows, split=cfg.parity.split, int8=cfg.int8.enabled,
         int8_tolerance=cfg.int8.tolerance, metrics=metrics, checkpoint=str(cfg.ckpt_path),
     )
-    print(f"wrote {out}")
+    digest = json.loads((Path(out) / META_FILE).read_text())[INTEGRITY]["sha256"]
+    print(f"wrote {out} (bundle sha256 {digest})")
 
 
 if __name__ == "__main__":

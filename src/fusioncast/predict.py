@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from omegaconf import DictConfig
 from fusioncast.calibration import Calibration
 from fusioncast.data.frame import prepare_frame
 from fusioncast.data.grid import series_name
-from fusioncast.data.inference import INPUT_NAMES, assemble_window, stack_windows
+from fusioncast.data.inference import INPUT_NAMES, assemble_window, nonfinite_windows, overflow_message, stack_windows
 from fusioncast.data.preprocess import Preprocessor
 from fusioncast.data.schema import SchemaError, validate
 from fusioncast.data.sources import read_table
@@ -66,16 +68,38 @@ def _extend(df: pd.DataFrame, pp: Preprocessor) -> pd.DataFrame:
     s, H = pp.schema, pp.schema.max_prediction_length
     groups = df.groupby(s.group_ids, sort=False) if s.group_ids else [((), df)]
     extra = []
-    for _, g in groups:
+    for key, g in groups:
         last = g.loc[g[s.target].notna(), s.time_col]
         if last.empty:
             continue
         want = pd.date_range(last.iloc[-1], periods=H + 1, freq=pp.freq)[1:]
+        if want[-1] > pd.Timestamp.max:
+            raise SchemaError(f"series {series_name(s, key)}: its forecast would reach {want[-1]}, past "
+                              f"{pd.Timestamp.max.floor('s')}, the last time the model can represent")
         missing = want[~want.isin(g[s.time_col])]
         if len(missing):
             row = g.iloc[[0]].drop(columns=[s.time_col, s.target])
             extra.append(row.loc[row.index.repeat(len(missing))].assign(**{s.time_col: missing, s.target: np.nan}))
     return pd.concat([df, *extra], ignore_index=True) if extra else df
+
+
+def check_finite(raw: pd.DataFrame, schema) -> None:
+    """Every real input of a validated table finite, as the server requires of a request (training fills
+    gaps; a value sent as NaN or infinite is a mistake to name, not one to fill): only the target may be
+    empty, and never infinite."""
+    times = raw[schema.time_col]
+    for col in schema.static_reals + schema.time_varying_known_reals + schema.time_varying_unknown_reals + [
+            schema.target]:
+        values = raw[col].to_numpy(np.float64)
+        bad = np.isinf(values) if col == schema.target else ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argmax(bad))
+            group = tuple(raw[c].iloc[row] for c in schema.group_ids)
+            what = "the target may be empty, never infinite" if col == schema.target else (
+                "a covariate must be a finite number in every row, as in a request to the server; only the target "
+                "may be empty")
+            raise SchemaError(f"series {series_name(schema, group)}: column '{col}' is {raw[col].iloc[row]} at "
+                              f"{times.iloc[row]} (row {row}): {what}")
 
 
 def table_windows(df: pd.DataFrame, pp: Preprocessor, replay: int = 0) -> Windows:
@@ -85,6 +109,7 @@ def table_windows(df: pd.DataFrame, pp: Preprocessor, replay: int = 0) -> Window
     L, H = schema.max_encoder_length, schema.max_prediction_length
     known = schema.time_varying_known_categoricals + schema.time_varying_known_reals
     raw = validate(df, schema)
+    check_finite(raw, schema)
     if not known:
         raw = _extend(raw, pp)
     frame, _ = prepare_frame(raw, schema, drop_short=False)
@@ -173,6 +198,12 @@ def forecast_table(w: Windows, pp: Preprocessor, quantiles: list[float], run: Ru
             np.concatenate([r.mask, np.zeros((n, H), bool)]), scale,
             np.concatenate([r.series, np.arange(n)]), np.concatenate([r.decoder_start, w.decoder_start]))
         pred = tracked[len(past):]
+    bad = nonfinite_windows([pred])
+    if len(bad):  # never empty cells: name the series and its input furthest outside the training data
+        i = int(bad[0])
+        _, _, why = overflow_message(pp, w.inputs, i, "column '{col}' ({part} rows)")
+        group = tuple(w.groups.iloc[i]) if len(w.groups.columns) else ()
+        raise SchemaError(f"series {series_name(pp.schema, group)}: {why}")
     out = w.groups.loc[w.groups.index.repeat(H)].reset_index(drop=True)
     out[pp.schema.time_col] = w.times.reshape(-1)
     for j, q in enumerate(quantiles):
@@ -180,11 +211,11 @@ def forecast_table(w: Windows, pp: Preprocessor, quantiles: list[float], run: Ru
     return out
 
 
-def onnx_runner(bundle_dir: str, variant: str = "fp32", threads: int = 2
+def onnx_runner(bundle_dir: str, variant: str = "fp32", threads: int = 2, expect_sha256: str | None = None
                 ) -> tuple[Preprocessor, list[float], Runner, Calibration | None]:
     from fusioncast.serve.bundle import Bundle, Model
 
-    bundle = Bundle.load(bundle_dir)
+    bundle = Bundle.load(bundle_dir, expect_sha256=expect_sha256)  # checked whole, as the server checks it
     model = Model(bundle, variant=variant, threads=threads)
     return bundle.pp, bundle.quantiles, lambda inputs: model(inputs)[0], model.calibration
 
@@ -196,12 +227,11 @@ def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner, Cal
 
     import torch
 
-    from fusioncast.data.datamodule import TimeSeriesDataModule
-    from fusioncast.models.module import TFTModule
+    from fusioncast import checkpoint
 
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)[TimeSeriesDataModule.__qualname__]
-    pp = Preprocessor.from_dict(state["preprocessor"])
-    module = TFTModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False).eval()
+    module, ckpt = checkpoint.load_model(ckpt_path)
+    module.eval()
+    pp = Preprocessor.from_dict(checkpoint.data_state(ckpt, ckpt_path)["preprocessor"])
     metrics_file = Path(ckpt_path).resolve().parent.parent / "metrics.json"
     calibration = Calibration.from_dict(json.loads(metrics_file.read_text()).get("calibration")) if (
         metrics_file.is_file()) else None
@@ -215,14 +245,21 @@ def torch_runner(ckpt_path: str) -> tuple[Preprocessor, list[float], Runner, Cal
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the forecasts atomically: into a temporary file next to `path`, then renamed over it, so that
+    a reader (or a crash) never sees half a table, and an earlier output stays whole until replaced."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix in (".parquet", ".pq"):
-        table.to_parquet(path, index=False)
-    elif path.suffix == ".csv":
-        table.to_csv(path, index=False)
-    else:
+    if path.suffix not in (".parquet", ".pq", ".csv"):
         raise SchemaError(f"output '{path}': use a .parquet or .csv file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix == ".csv":
+            table.to_csv(tmp, index=False)
+        else:
+            table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -231,7 +268,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     if cfg.backend == "onnx":
         if not cfg.bundle:
             raise ValueError("backend=onnx needs bundle=DIR")
-        pp, quantiles, run, calibration = onnx_runner(cfg.bundle, cfg.variant, cfg.threads)
+        pp, quantiles, run, calibration = onnx_runner(cfg.bundle, cfg.variant, cfg.threads, cfg.get("bundle_sha256"))
     elif cfg.backend == "torch":
         if not cfg.ckpt_path:
             raise ValueError("backend=torch needs ckpt_path=FILE")
@@ -253,7 +290,12 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict.yaml")
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    from fusioncast.serve.bundle import BundleError
+
+    try:
+        predict(cfg)
+    except (ValueError, BundleError, OSError) as e:  # the input's or the bundle's fault: one line, exit 1
+        sys.exit(f"fusioncast-predict: {e}")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ best checkpoint, so evaluation, export and the torch backend of batch scoring al
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from fusioncast import checkpoint
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.evaluate import predict_split
 from fusioncast.models.module import TFTModule, quantile_loss
@@ -102,10 +102,7 @@ def choose_correction_scale(module: TFTModule, dm: TimeSeriesDataModule, split: 
 
 
 def write_correction_scale(ckpt_path: str, factors: list[float]) -> None:
-    """Store the chosen factors in a Lightning checkpoint's state dict (the file is replaced atomically:
-    under DDP the other ranks may be reading it at that moment)."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    """Store the chosen factors in a Lightning checkpoint's state dict (the file is rewritten)."""
+    ckpt = checkpoint.load(ckpt_path)
     ckpt["state_dict"]["net.correction_scale"] = torch.tensor([float(f) for f in factors])
-    tmp = f"{ckpt_path}.{os.getpid()}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, ckpt_path)
+    checkpoint.save(ckpt, ckpt_path)

@@ -1,10 +1,7 @@
-"""Hydra callback for Optuna sweeps (`hparams_search=optuna`): storage, resume, best experiment.
+"""Hydra callback for Optuna sweeps (`hparams_search=optuna`): the best experiment.
 
-Before the sweep it creates the folder of a SQLite storage (Optuna opens the file before any trial
-directory exists) and, when the study already has trials, moves the sampler's seed on so that the
-continued sweep does not repeat them. After it, it turns the sweeper's `optimization_results.yaml` into
-`best_experiment.yaml`: a `# @package _global_` experiment config holding the sweep's own overrides
-(data set, budgets, ...) and the best trial's parameters, to copy into configs/experiment/ and re-run.
+After the sweep it turns the sweeper's `optimization_results.yaml` into `best_experiment.yaml`: a
+`# @package _global_` experiment config holding the sweep's own overrides (data set, budgets, ...) and the best trial's parameters, to copy into configs/experiment/ and re-run.
 """
 
 from __future__ import annotations
@@ -15,11 +12,11 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.fusioncast_optuna_sweeper._storage import describe
 
 log = logging.getLogger(__name__)
-
-SQLITE = "sqlite:///"
 
 
 def _skipped(key: str) -> bool:
@@ -57,34 +54,8 @@ def best_experiment(best_params: dict[str, Any], task_overrides: list[str], grou
     return "\n".join(lines) + "\n" + body
 
 
-def stored_trials(storage: str, study_name: str | None) -> int:
-    """Trials (any state) of a study already in `storage`; 0 when there is no such study yet."""
-    import optuna
-
-    if not study_name:
-        return 0
-    summaries = optuna.get_all_study_summaries(storage=storage)
-    return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
-
-
 class OptunaSweepFiles(Callback):
     """Wired in configs/hparams_search/optuna.yaml as a Hydra callback."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweeper = config.hydra.sweeper
-        storage = sweeper.get("storage")
-        if isinstance(storage, str) and storage.startswith(SQLITE):
-            Path(storage[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
-        # A seeded sampler restarts its random stream on every run, so a resumed study would repeat
-        # its first trials' parameters: move the seed on by the trials already stored. (Runs here
-        # before Hydra instantiates the sweeper from this config.)
-        seed = sweeper.get("sampler", {}).get("seed")
-        stored = stored_trials(storage, sweeper.get("study_name")) if storage else 0
-        if seed is not None and stored:
-            with read_write(sweeper), open_dict(sweeper):
-                sweeper.sampler.seed = int(seed) + stored
-            log.info("study '%s' has %d trials: continuing it with sampler seed %d", sweeper.study_name, stored,
-                     sweeper.sampler.seed)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -95,7 +66,7 @@ class OptunaSweepFiles(Callback):
         if "best_params" not in results:  # a multi-objective study has a Pareto front, no single best
             return
         sweeper = config.hydra.sweeper
-        header = (f"Best trial of Optuna study '{sweeper.study_name}' ({sweeper.storage}):\n"
+        header = (f"Best trial of Optuna study '{sweeper.study_name}' ({describe(sweeper.storage)}):\n"
                   f"{config.get('optimized_metric')} = {results.best_value}.\n"
                   "Re-run: cp this file configs/experiment/<name>.yaml && fusioncast-train experiment=<name>")
         text = best_experiment(OmegaConf.to_container(results.best_params), list(config.hydra.overrides.task),

@@ -52,7 +52,7 @@ def resolve_mode(mode: str | None) -> str | None:
 
 
 def _sweep_identity() -> tuple[str | None, str | None]:
-    """(group, name) of a Hydra multirun job: the Optuna study (or sweep directory) and the job number."""
+    """(group, name) of a Hydra multirun job: the Optuna study (or sweep directory) and the trial (or job) number."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -63,7 +63,8 @@ def _sweep_identity() -> tuple[str | None, str | None]:
     if hc.mode != RunMode.MULTIRUN:
         return None, None
     group = hc.sweeper.get("study_name") or Path(hc.sweep.dir).name
-    return str(group), f"{group}-{hc.job.num}"
+    number = hc.sweeper.get("trial")  # the Optuna trial number: unique across the workers of a study
+    return str(group), f"{group}-{hc.job.num if number is None else number}"
 
 
 def wandb_logger(project: str = "fusioncast", entity: str | None = None, name: str | None = None,

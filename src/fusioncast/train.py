@@ -15,11 +15,13 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from omegaconf import DictConfig, OmegaConf
 
+from fusioncast import checkpoint
 from fusioncast.budget import parse_budget
 from fusioncast.calibration import Calibration
 from fusioncast.evaluate import evaluate_model, write_metrics
 from fusioncast.models.module import TFTModule
 from fusioncast.report import write_plots, write_report
+from fusioncast.resume import check_fits, resumed_config
 from fusioncast.tracking import log_results
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,18 @@ def training_summary(trainer: L.Trainer, budget, seconds: float) -> dict:
             "best_val_loss": None if score is None else float(score)}
 
 
-def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -> Fitted:
-    """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation."""
-    module: TFTModule = hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+def build_module(cfg: DictConfig, dm) -> TFTModule:
+    return hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+
+
+def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None, init: TFTModule | None = None) -> Fitted:
+    """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation.
+    With `ckpt_path`, the fit resumes from that checkpoint (read through fusioncast/checkpoint.py).
+    `init`: a trained model whose weights this one starts from (a warm-started refit, fusioncast/refit.py);
+    the normalisation buffers stay this data's own."""
+    module = build_module(cfg, dm)
+    if init is not None:
+        warm_start(module, init)
     callbacks = instantiate_list(cfg.get("callbacks"))
     if checkpoint_dir is not None:  # an ensemble member: checkpoints of its own
         for c in callbacks:
@@ -72,7 +83,7 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -
                 c.dirpath = checkpoint_dir
     budget = parse_budget(cfg.trainer.get("max_time"))  # `budget=15m` sets trainer.max_time (configs/train.yaml)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 max_time=budget)
+                                                 max_time=budget, plugins=[checkpoint.SafeCheckpointIO()])
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
 
@@ -85,7 +96,7 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         log.info("best checkpoint: %s", best)
-        module = TFTModule.load_from_checkpoint(best, map_location=module.device, weights_only=False)
+        module = checkpoint.load_model(best, module.device)[0]
     shrinkage = None
     if trainer.is_global_zero and module.hparams.get("shrink_correction") and module.net.skip is not None:
         from fusioncast.shrinkage import choose_correction_scale, write_correction_scale
@@ -96,6 +107,17 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None) -
         if best:
             write_correction_scale(best, list(shrinkage["factors"].values()))
     return Fitted(module, best, trainer, callbacks, shrinkage, training)
+
+
+def warm_start(module: TFTModule, init: TFTModule) -> None:
+    """Copy `init`'s weights into `module` (same config, possibly refitted preprocessing)."""
+    own = module.net.state_dict()
+    keep = {"real_center", "real_scale", "correction_scale"}  # this fit's scalers; training starts at factor 1
+    given = {k: v for k, v in init.net.state_dict().items() if k not in keep}
+    wrong = [k for k, v in given.items() if k not in own or own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"cannot warm-start from a model of another shape ({wrong[:3]}): the data's categories changed")
+    module.net.load_state_dict(given, strict=False)
 
 
 def fit_ensemble(cfg: DictConfig, dm, loggers: list, seeds: list[int]) -> tuple[TFTModule, str, list[Fitted], dict]:
@@ -134,13 +156,23 @@ def train(cfg: DictConfig) -> dict:
     from fusioncast.ensemble import ensemble_seeds
 
     seeds = ensemble_seeds((cfg.get("ensemble") or {}).get("seeds"))
-    if seeds and cfg.get("ckpt_path"):
-        raise ValueError("ckpt_path (resuming a fit) does not go with ensemble.seeds: an ensemble is trained afresh")
+    ckpt_path = cfg.get("ckpt_path")
+    if seeds and ckpt_path:
+        raise ValueError(f"ckpt_path={ckpt_path}: a seed ensemble (ensemble.seeds={seeds}) cannot be resumed; "
+                         "train it again (its members are trained afresh), or resume one model's run")
+    refit = cfg.get("refit") or {}
+    if seeds and refit.get("every") and refit.get("warm_start"):
+        raise ValueError("refit.warm_start needs one model to start from: it does not go with ensemble.seeds")
+    # a checkpoint that is unsafe, or not of this config, is refused before anything is written
+    resumed = checkpoint.load(ckpt_path) if ckpt_path else None
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     # fitted here, before any DDP process starts; under DDP every rank then adopts rank 0's fit
     dm.setup("fit")
+    if resumed is not None:
+        check_fits(resumed, ckpt_path, dict(dm.hparams), dict(build_module(cfg, dm).hparams))
+        log.info("resuming from %s (epoch %s)", ckpt_path, resumed.get("epoch"))
     loggers = instantiate_list(cfg.get("logger"))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -150,7 +182,7 @@ def train(cfg: DictConfig) -> dict:
     else:
         one = fit(cfg, dm, loggers)
         module, best, fitted, ensemble = one.module, one.best, [one], None
-    metrics, plot_paths = {}, []
+    metrics, plot_paths = {}, {}
     if fitted[0].trainer.is_global_zero:
         calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
         metrics = evaluate_model(module, dm, calibration=calibration)
@@ -164,13 +196,19 @@ def train(cfg: DictConfig) -> dict:
         history = [x for f in fitted for c in f.callbacks if getattr(c, "history", None) for x in c.history]
         if history:
             metrics["train_samples_per_sec"] = float(torch.tensor(history).median())
+        every = (cfg.get("refit") or {}).get("every")
+        if every:  # one more training per period of the test span (fusioncast/refit.py)
+            from fusioncast.refit import refit_backtest
+
+            metrics["refit"] = refit_backtest(cfg, dm, str(every), initial=module, initial_checkpoint=best)
         write_metrics(metrics, cfg.paths.output_dir)
         if cfg.get("export"):
             from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting
 
             export_bundle(module, dm, Path(cfg.paths.output_dir) / "bundle", metrics=metrics, checkpoint=best or None)
-        plot_paths = write_plots(module, dm, cfg.paths.output_dir,
-                                 calibration=Calibration.from_dict(metrics.get("calibration")))
+        if cfg.plots:
+            plot_paths = write_plots(module, dm, cfg.paths.output_dir,
+                                     calibration=Calibration.from_dict(metrics.get("calibration")))
         write_report(metrics, plot_paths, cfg.paths.output_dir, title=f"fusioncast-train: {cfg.data.name}")
         # keep last (after any export): W&B gets the bundle, else the best checkpoint, as the model artifact
         bundle = Path(cfg.paths.output_dir) / "bundle"
@@ -180,7 +218,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    metrics = train(resumed_config(cfg))
     # the value an Optuna sweep minimises: `optimized_metric` as "split/metric", e.g. "val/mae"
     name = cfg.get("optimized_metric")
     if name and metrics:

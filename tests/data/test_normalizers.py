@@ -41,3 +41,24 @@ def test_series_normalizer_keeps_fitted_centers():
     series, starts = dm.windows("val")
     b = dm.tensors("cpu").gather(torch.as_tensor(series[:5]), torch.as_tensor(starts[:5]))
     assert torch.equal(b.target_scale, torch.as_tensor(dm.enc.target_scale[series[:5]]))
+
+
+def test_window_normalizer_scales_by_the_encoder_std_and_serving_agrees():
+    dm = TimeSeriesDataModule(**COMMON, target_normalizer="window")
+    dm.setup()
+    series, starts = dm.windows("train")
+    pick = np.r_[0:3, len(series) - 3:len(series)]
+    b = dm.tensors("cpu").gather(torch.as_tensor(series[pick]), torch.as_tensor(starts[pick]))
+    for i, (s, d) in enumerate(zip(series[pick], starts[pick])):
+        lo = max(0, d - 24)
+        y = dm.enc.real[s, lo:d, 0][dm.enc.observed[s, lo:d]].astype(np.float64)
+        assert b.target_scale[i].numpy() == pytest.approx([y.mean(), y.std()], rel=1e-5)
+        assert dm.pp.target_scale(dm.enc.keys[s], y) == pytest.approx(b.target_scale[i].numpy(), rel=1e-5)
+    # a flat or one-value history keeps the series' fitted scale (never a zero scale)
+    key, fitted = dm.enc.keys[0], dm.pp.target_scales[dm.enc.keys[0]][1]
+    assert dm.pp.target_scale(key, np.full(24, 7.0)) == pytest.approx((7.0, fitted))
+    assert dm.pp.target_scale(key, np.array([3.0])) == pytest.approx((3.0, fitted))
+    flat = dm.tensors("cpu")
+    flat.real[0, :, 0] = 7.0
+    b = flat.gather(torch.tensor([0]), torch.tensor([30]))
+    assert b.target_scale[0].tolist() == pytest.approx([7.0, fitted], rel=1e-6)

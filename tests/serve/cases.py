@@ -10,6 +10,7 @@ import json
 import random
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -40,6 +41,44 @@ def _shift_time(where: str, by: str):
         times[0] = (pd.Timestamp(times[0]) + pd.Timedelta(by)).isoformat()
         return req
     return mutate
+
+
+def _times_from(first, n: int, freq: str) -> list[str]:
+    """n timestamps on a `freq` grid ('h', '30min', 'MS', ...) from numpy datetime `first`, as text: numpy
+    datetime64[s] spans any year (pandas' nanoseconds stop in 2262)."""
+    if freq == "MS":
+        months = np.datetime64(first, "M") + np.arange(n)
+        return [str(t) for t in months.astype("datetime64[s]")]
+    return [str(t) for t in np.datetime64(first, "s") + _step_s(freq) * np.arange(n)]
+
+
+def _step_s(freq: str) -> int:
+    return int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)).total_seconds())
+
+
+def _history_from(first):
+    """The history moved to start at `first` (its future times dropped: they are optional)."""
+    def mutate(req: dict, s: Schema) -> dict:
+        series = req["series"][0]
+        series["history"][s.time_col] = _times_from(first, len(series["history"][s.time_col]), s.freq)
+        series.get("future", {}).pop(s.time_col, None)
+        return req
+    return mutate
+
+
+def _history_ending_at_the_last_time(req: dict, s: Schema) -> dict:
+    """A history whose last step is the last of its grid that datetime64[ns] holds: the forecast would pass it."""
+    series = req["series"][0]
+    n = len(series["history"][s.time_col])
+    if s.freq == "MS":
+        last = np.datetime64("2262-04", "M")
+    else:
+        step, last_s = _step_s(s.freq), pd.Timestamp.max.value // 10**9
+        last = np.datetime64(last_s - last_s % step, "s")
+    first = last - (n - 1) if s.freq == "MS" else last - (n - 1) * _step_s(s.freq)
+    series["history"][s.time_col] = _times_from(first, n, s.freq)
+    series.get("future", {}).pop(s.time_col, None)
+    return req
 
 
 def _edit(f: Callable[[dict, Schema], None]):
@@ -83,6 +122,11 @@ CASES: list[tuple[str, Callable | bytes, int, str | None]] = [
     ("timestamp off the grid", _shift_time("history", "1min"), 422, "history.{time}"),
     ("gap in the history", _drop_step, 422, "history.{time}"),
     ("future time not after history", _shift_time("future", "1min"), 422, "future.{time}"),
+    # beyond datetime64[ns] (1677-09-21 .. 2262-04-11): numpy would wrap them around (2263 read as 1678)
+    ("history in 2263", _history_from("2263-01-01"), 422, "history.{time}"),
+    ("history in 9999", _history_from("9999-01-01"), 422, "history.{time}"),
+    ("history in 0001", _history_from("0001-01-01"), 422, "history.{time}"),
+    ("forecast past 2262-04-11", _history_ending_at_the_last_time, 422, "history.{time}"),
     ("category as an object", _edit(lambda r, s: r["series"][0]["history"][
         (s.time_varying_known_categoricals + s.time_varying_unknown_categoricals)[0]].__setitem__(0, {"a": 1})),
      422, "history.{cat}"),

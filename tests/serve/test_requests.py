@@ -200,3 +200,28 @@ def test_static_and_id_mistakes(synthetic, synthetic_request):
     assert parse(lambda s: s["future"].pop("timestamp")).times == parser.parse(orjson.dumps(synthetic_request)).times
     with pytest.raises(RequestError, match="future.fare_multiplier is missing"):
         parse(lambda s: s["future"].pop("fare_multiplier"))
+
+
+def test_client_strings_come_back_bounded(synthetic, synthetic_request):
+    """A 1 MB category name, field name or id is named in a warning or an error, never echoed whole."""
+    _, pp = synthetic
+    parser, huge = RequestParser(pp), "x" * 1_000_000
+
+    def edited(edit) -> bytes:
+        req = copy.deepcopy(synthetic_request)
+        edit(req["series"][0])
+        return orjson.dumps(req)
+
+    answer = parser.parse(edited(lambda s: s["history"]["weather"].__setitem__(-1, huge)))
+    (warning,) = [w for w in answer.warnings[0] if "weather" in w]
+    assert "not seen in training" in warning and "1000002 characters" in warning and len(warning) < 300
+    for edit, field in [(lambda s: s["history"].update({huge: s["history"]["pickups"]}), "history."),
+                        (lambda s: s.update({huge: 1}), ""),
+                        (lambda s: s["history"]["timestamp"].__setitem__(3, huge), "history.timestamp"),
+                        (lambda s: s["static"].update(zone=huge), "static.zone"),
+                        (lambda s: s.update(id={huge: 1}), "id")]:
+        with pytest.raises(RequestError) as e:
+            parser.parse(edited(edit))
+        body = orjson.dumps(e.value.body())
+        assert e.value.status == 422 and len(body) < 1500, (field, len(body))
+        assert e.value.field.startswith(field) or field == "", e.value.field

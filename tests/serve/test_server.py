@@ -25,7 +25,7 @@ from tests.serve.test_requests import STALLION, forecast_table, requests_for
 
 
 class Server:
-    def __init__(self, bundle: Path, tmp: Path, *args: str):
+    def __init__(self, bundle: Path, tmp: Path, *args: str, env: dict | None = None, preexec_fn=None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -33,7 +33,8 @@ class Server:
         self.log = tmp / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "fusioncast.serve.cli", str(bundle), "--port", str(self.port), "--log-level",
                "warning", "--cache-dir", str(tmp / "ort-cache"), *args]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     env=None if env is None else {**os.environ, **env}, preexec_fn=preexec_fn)
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -188,7 +189,7 @@ def test_a_client_leaving_mid_body_leaves_the_server_serving(server, example):
 
 async def _burst(url: str, body: bytes, n: int) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=30, limits=limits, headers={"content-type": "application/json"}) as client:
         return await asyncio.gather(*[client.post(f"{url}/v1/forecast", content=body) for _ in range(n)])
 
 

@@ -80,6 +80,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self.pp: Preprocessor | None = None
         self.enc: Encoded | None = None
         self._tensors: SeriesTensors | None = None
+        self._train_loader: BatchLoader | None = None
+        self._sampler_to_load: tuple[dict, int | None] | None = None  # from a checkpoint, for the next train loader
 
     # ---- preparation (numpy, once) -----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -160,7 +162,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
             s = self.schema
             self._tensors = SeriesTensors(self.enc, len(s.known_categoricals), len(s.time_varying_known_reals),
                                           s.max_encoder_length, s.max_prediction_length, device,
-                                          encoder_center=s.target_normalizer == "encoder")
+                                          encoder_center=s.target_normalizer == "encoder",
+                                          encoder_scale=s.target_normalizer == "window")
         return self._tensors
 
     @property
@@ -194,7 +197,11 @@ class TimeSeriesDataModule(L.LightningDataModule):
                            epoch_windows=h.get("epoch_windows") if train else None)
 
     def train_dataloader(self) -> BatchLoader:
-        return self.loader("train", shard=True, augment=True)
+        self._train_loader = self.loader("train", shard=True, augment=True)
+        if self._sampler_to_load is not None:  # a resumed fit: the sampler continues where it stood
+            self._train_loader.load_sampler_state(*self._sampler_to_load)
+            self._sampler_to_load = None
+        return self._train_loader
 
     def val_dataloader(self) -> BatchLoader:
         return self.loader("val", shard=True)
@@ -202,10 +209,24 @@ class TimeSeriesDataModule(L.LightningDataModule):
     def test_dataloader(self) -> BatchLoader:
         return self.loader("test", shard=True)
 
-    # ---- checkpoint state: the fitted preprocessing travels with the model ------------------------
+    # ---- checkpoint state: the fitted preprocessing travels with the model, the sampler with the fit ---
     def state_dict(self) -> dict:
-        return {"preprocessor": self.pp.to_dict() if self.pp else None, "hparams": dict(self.hparams)}
+        state = {"preprocessor": self.pp.to_dict() if self.pp else None, "hparams": dict(self.hparams)}
+        if self._train_loader is not None:
+            state["sampler"] = self._train_loader.sampler_state()
+            state["sampler_resume_at"] = self._batches_into_epoch()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("preprocessor"):
             self.pp = Preprocessor.from_dict(state["preprocessor"])
+        if state.get("sampler") is not None:
+            self._sampler_to_load = state["sampler"], state.get("sampler_resume_at")
+
+    def _batches_into_epoch(self) -> int | None:
+        """Saved inside a training epoch: the batches of it the fit loop has taken (Lightning fetches one
+        ahead, so the loader's own count is one more); None at an epoch's end."""
+        loop = getattr(getattr(self.trainer, "fit_loop", None), "epoch_loop", None)
+        if loop is None or loop.batch_progress.is_last_batch:
+            return None
+        return loop.batch_progress.current.ready or None

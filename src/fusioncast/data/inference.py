@@ -82,3 +82,54 @@ def variable_names(pp: Preprocessor) -> dict[str, list[str]]:
         "encoder": pp.time_varying_categoricals + pp.time_varying_reals,
         "decoder": s.known_categoricals + s.time_varying_known_reals,
     }
+
+
+def nonfinite_windows(outputs: list[np.ndarray]) -> np.ndarray:
+    """Indices of the windows (batch rows) any of whose outputs holds a NaN or an infinity: a forecast that
+    overflowed, which must be refused rather than sent as nulls (JSON) or empty cells (a table)."""
+    if all(np.isfinite(o).all() for o in outputs):  # the common case: one pass per output
+        return np.zeros(0, np.int64)
+    bad = np.zeros(len(outputs[0]), bool)
+    for o in outputs:
+        bad |= ~np.isfinite(o.reshape(len(o), -1)).all(1)
+    return np.flatnonzero(bad)
+
+
+def extreme_input(pp: Preprocessor, inputs: dict[str, np.ndarray], i: int) -> tuple[str, str, float, float]:
+    """(part: static, history or future; column; value; how many training scales it lies from the
+    training center) of window i's real input furthest outside the training data: what to name when its
+    forecast is not finite. The target is measured against the largest fitted series scale."""
+    s = pp.schema
+    best = (-1.0, "history", s.target, 0.0)
+
+    def consider(part: str, col: str, values: np.ndarray, center: float, scale: float) -> None:
+        nonlocal best
+        values = np.asarray(values, np.float64)
+        if values.size == 0:
+            return
+        with np.errstate(all="ignore"):
+            z = np.abs(values - center) / (scale if np.isfinite(scale) and scale > 0 else 1.0)
+        z = np.where(np.isfinite(z), z, np.inf)
+        j = int(np.argmax(z))
+        if z[j] > best[0]:
+            best = (float(z[j]), part, col, float(values[j]))
+
+    target_scale = max((abs(c) + abs(sc) for c, sc in pp.target_scales.values()), default=1.0)
+    consider("history", s.target, inputs["encoder_real"][i, inputs["encoder_mask"][i], 0], 0.0, target_scale)
+    for c, col in enumerate(s.static_reals):
+        consider("static", col, inputs["static_real"][i, c:c + 1], pp.real_center[col], pp.real_scale[col])
+    for c, col in enumerate(pp.time_varying_reals[1:], start=1):
+        consider("history", col, inputs["encoder_real"][i, :, c], pp.real_center[col], pp.real_scale[col])
+    for c, col in enumerate(s.time_varying_known_reals):
+        consider("future", col, inputs["decoder_real"][i, :, c], pp.real_center[col], pp.real_scale[col])
+    z, part, col, value = best
+    return part, col, value, z
+
+
+def overflow_message(pp: Preprocessor, inputs: dict[str, np.ndarray], i: int, field: str) -> tuple[str, str, str]:
+    """(part, column, the explanation) of window i's non-finite forecast; `field` formats the input's name
+    from part and column (the server's 'history.price', a table's column 'price')."""
+    part, col, value, z = extreme_input(pp, inputs, i)
+    return part, col, (f"the model's forecast is not finite (its arithmetic overflowed), so there is none to give; "
+                       f"the input furthest outside the training data is {field.format(part=part, col=col)} = "
+                       f"{value:.6g} ({z:.3g} times its training scale from its training center)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fusioncast.data.schema import Schema
+from fusioncast.data.schema import WINDOW_SCALE_FLOOR, Schema
 
 UNKNOWN = 0  # code of the unknown-category bucket
 
@@ -113,12 +113,17 @@ class Preprocessor:
 
         The fitted scale of a known series; a series unseen in training is scaled by its own history
         (by the shared training statistics with target_normalizer=global). With target_normalizer=encoder
-        the center is the mean of `history` (SeriesTensors.gather computes the same in training).
+        the center is the mean of `history` (SeriesTensors.gather computes the same in training); with
+        target_normalizer=window the scale is its std too (unless `history` is flat or a single value).
         """
         history = np.asarray(history, dtype=np.float64)
         center, scale = self.series_scale(key, history)
-        if self.schema.target_normalizer == "encoder" and history.size:
+        if self.schema.target_normalizer in ("encoder", "window") and history.size:
             center = float(history.mean())
+        if self.schema.target_normalizer == "window" and history.size > 1:
+            std = float(history.std())
+            if std > WINDOW_SCALE_FLOOR * max(abs(center), 1.0):
+                scale = std
         return center, scale
 
     def series_scale(self, key: str, history: np.ndarray) -> tuple[float, float]:

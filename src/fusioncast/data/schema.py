@@ -21,7 +21,9 @@ ROLE_LISTS = (
     "time_varying_unknown_reals",
 )
 
-TARGET_NORMALIZERS = ("series", "global", "encoder")
+TARGET_NORMALIZERS = ("series", "global", "encoder", "window")
+# target_normalizer=window: an encoder std below this fraction of its level (at least 1) counts as flat
+WINDOW_SCALE_FLOOR = 1e-6
 
 
 class SchemaError(ValueError):
@@ -48,7 +50,8 @@ class Schema:
     # how the target is scaled (fitted on training rows): "series" (each series' own mean/std),
     # "global" (one mean/std over every series, as the ETT/Informer benchmarks z-normalise) or
     # "encoder" (each window centred on its encoder's mean, scaled by its series' std, like
-    # pytorch-forecasting's EncoderNormalizer: robust to level shifts between training and test)
+    # pytorch-forecasting's EncoderNormalizer: robust to level shifts between training and test) or
+    # "window" (centred on the encoder's mean and scaled by the encoder's std: every window on its own)
     target_normalizer: str = "series"
 
     def __post_init__(self) -> None:
@@ -131,6 +134,14 @@ def validate(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         raise SchemaError(f"column '{schema.time_col}' (time_col) has an empty timestamp at row {row}")
     if getattr(df[schema.time_col].dt, "tz", None) is not None:
         df[schema.time_col] = df[schema.time_col].dt.tz_localize(None)
+    # the model's time axis is datetime64[ns]; pandas parses wider (microseconds), numpy would wrap around
+    outside = (df[schema.time_col] < pd.Timestamp.min) | (df[schema.time_col] > pd.Timestamp.max)
+    if outside.any():
+        row = outside.idxmax()
+        series = "".join(f", {c}={df[c][row]}" for c in schema.group_ids if c in df)
+        raise SchemaError(f"column '{schema.time_col}' (time_col) has {df[schema.time_col][row]} at row {row}{series}, "
+                          f"outside the times the model can represent ({pd.Timestamp.min.ceil('s')} .. "
+                          f"{pd.Timestamp.max.floor('s')})")
 
     _numeric(df, schema.target, "target")
     for role in ("static_reals", "time_varying_known_reals", "time_varying_unknown_reals"):

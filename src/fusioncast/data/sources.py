@@ -42,7 +42,27 @@ SOURCES = {
         "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTh1.csv",
         "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",
     ),
+    # the whole year 2014-07-01 .. 2015-06-30 of Cui, Ahmad & Hawkins 2016 (Numenta's 3-line header)
+    "nyc_taxi_numenta": Source(
+        "nyc_taxi_numenta_year.csv",
+        "https://raw.githubusercontent.com/numenta/htmresearch/master/projects/sequence_prediction/"
+        "continuous_sequence/data/nyc_taxi.csv",
+        "092d957f5bb0d2cd62f85098ed2268114a47b4738a5f4b29ea6be4be7349fc4d",
+    ),
+    # M4's 414 hourly series: wide files, training part and 48-step test horizons (data/wide.py)
+    "m4_hourly_train": Source(
+        "m4_hourly_train.csv",
+        "https://raw.githubusercontent.com/Mcompetitions/M4-methods/master/Dataset/Train/Hourly-train.csv",
+        "ea59b7783573c49077a835ab6465c7d66f1474783360f310988a9a737fbca62f",
+    ),
+    "m4_hourly_test": Source(
+        "m4_hourly_test.csv",
+        "https://raw.githubusercontent.com/Mcompetitions/M4-methods/master/Dataset/Test/Hourly-test.csv",
+        "71a57fccb15e534d973626ada4fb87febf789e9317715b7cc6dd3b5f90db6f42",
+    ),
 }
+# named sets that are read from one or more source files by a reader of their own
+COMPOSITE = {"m4_hourly": ("m4_hourly_train", "m4_hourly_test")}
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -51,10 +71,17 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".gz", ".txt"):
-        return pd.read_csv(path)
-    raise SchemaError(f"cannot read '{path}': use a .csv or .parquet file")
+        df = pd.read_parquet(path)
+    elif path.suffix in (".csv", ".gz", ".txt"):
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            raise SchemaError(f"data file {path} is empty: no header, no rows") from None
+    else:
+        raise SchemaError(f"cannot read '{path}': use a .csv or .parquet file")
+    if df.empty:
+        raise SchemaError(f"data file {path} has no rows (columns: {list(df.columns)})")
+    return df
 
 
 def _sha256(path: Path) -> str:
@@ -88,7 +115,8 @@ def locate(name: str, path: str | None = None) -> Path:
     if path:
         return Path(path).expanduser()
     if name not in SOURCES:
-        raise SchemaError(f"data set '{name}' has no public source; give data.path=... (known: {sorted(SOURCES)})")
+        known = sorted({*SOURCES, *COMPOSITE} - {p for parts in COMPOSITE.values() for p in parts})
+        raise SchemaError(f"data set '{name}' has no public source; give data.path=... (known: {known})")
     src = SOURCES[name]
     data_dir = os.environ.get("FUSIONCAST_DATA_DIR")
     if data_dir and (Path(data_dir) / src.filename).exists():
@@ -110,4 +138,25 @@ def load_named(name: str, path: str | None = None, synthetic: dict | None = None
         return make_taxi_demand(**(synthetic or {}))
     if name == "custom" and not path:
         raise SchemaError("data=custom needs data.path=FILE (a .csv or .parquet table)")
+    if name == "m4_hourly":
+        from fusioncast.data.wide import read_m4
+
+        return read_m4(*composite_paths(name, path))
+    if name == "nyc_taxi_numenta":
+        from fusioncast.data.wide import read_numenta
+
+        return read_numenta(locate(name, path))
     return read_table(locate(name, path))
+
+
+def composite_paths(name: str, path: str | None = None) -> list[Path]:
+    """The local files of a set made of several (M4: train, test). `path` is a folder holding them under
+    their public names, or the first file, the others beside it with "train" in its name replaced by
+    "test" (m4_hourly_train.csv -> m4_hourly_test.csv, Hourly-train.csv -> Hourly-test.csv)."""
+    parts = COMPOSITE[name]
+    if not path:
+        return [locate(p) for p in parts]
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return [path / SOURCES[p].filename for p in parts]
+    return [path, path.with_name(path.name.replace("train", "test").replace("Train", "Test"))]

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fusioncast.data.augment import LevelShift
 from fusioncast.data.preprocess import Encoded
+from fusioncast.data.schema import WINDOW_SCALE_FLOOR
 
 SPLITS = ("train", "val", "test")
 
@@ -75,10 +76,13 @@ class SeriesTensors:
     """The encoded arrays of all series as tensors on one device, and the gather that cuts windows."""
 
     def __init__(self, enc: Encoded, n_known_cat: int, n_known_real: int, L: int, H: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, encoder_center: bool = False):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, encoder_center: bool = False,
+                 encoder_scale: bool = False):
         self.L, self.H, self.n_known_cat, self.n_known_real = L, H, n_known_cat, n_known_real
-        # target_normalizer=encoder: each window's target center is the mean of its encoder's observed targets
-        self.encoder_center = encoder_center
+        # target_normalizer=encoder: each window's target center is the mean of its encoder's observed targets;
+        # window: its scale is also their std (the series' scale where the encoder is flat or too short)
+        self.encoder_center = encoder_center or encoder_scale
+        self.encoder_scale = encoder_scale
         self.device = torch.device(device)
         t = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=self.device)  # noqa: E731
         self.static_cat = t(enc.static_cat)
@@ -104,7 +108,12 @@ class SeriesTensors:
         if self.encoder_center:
             n = obs[:, :L].sum(1)
             mean = (real[:, :L, 0] * obs[:, :L]).sum(1) / n.clamp_min(1)
-            target_scale = torch.stack([torch.where(n > 0, mean, target_scale[:, 0]), target_scale[:, 1]], -1)
+            scale = target_scale[:, 1]
+            if self.encoder_scale:
+                var = (((real[:, :L, 0] - mean[:, None]) ** 2) * obs[:, :L]).sum(1) / n.clamp_min(1)
+                std = var.sqrt()
+                scale = torch.where((n > 1) & (std > WINDOW_SCALE_FLOOR * mean.abs().clamp_min(1.0)), std, scale)
+            target_scale = torch.stack([torch.where(n > 0, mean, target_scale[:, 0]), scale], -1)
         return Batch(
             static_cat=self.static_cat[series],
             static_real=self.static_real[series],
@@ -129,13 +138,17 @@ class BatchLoader:
     Shuffled (training) shards are cut to equal length, as DDP steps in lockstep; unshuffled
     (evaluation) shards keep every window, so metrics cover the whole split.
     `level_shift` (training only) scales the target of some windows (fusioncast/data/augment.py).
+    `sampler_state()` / `load_sampler_state()` carry where the sampler stands through a checkpoint (the
+    datamodule's state; not named state_dict, or Lightning would restore the loader itself, and only
+    inside an epoch, a batch off, as it fetches one ahead).
 
     `epoch_windows` (shuffled loaders only): an epoch is at most this many windows, so that on a large
     table epochs stay short enough for validation, early stopping and the lr schedule to act on. The
     epochs then walk through a stream of permutations of all windows (the c-th seeded by seed + c),
     epoch k taking its k-th stretch of `epoch_windows`: every window is seen once before any is seen
     twice. The order of any epoch is a function of (seed, epoch) alone, so `epoch` is the whole state
-    of the sampler (what a checkpoint needs to resume it).
+    of the sampler between epochs (what `sampler_state` saves; inside an epoch the resume also
+    skips the batches taken, as without it).
     """
 
     def __init__(self, tensors: SeriesTensors, series: np.ndarray, starts: np.ndarray, batch_size: int,
@@ -151,7 +164,19 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch_windows = epoch_windows
-        self.epoch = 0
+        self.epoch = 0  # epochs started; epoch e draws with seed + e
+        self._resume_at: int | None = None
+
+    def sampler_state(self) -> dict:
+        """Where the sampler stands, as plain data (a checkpoint holds it)."""
+        return {"epoch": self.epoch}
+
+    def load_sampler_state(self, state: dict, resume_at: int | None = None) -> None:
+        """Continue from a `sampler_state()`: the next iteration draws the epoch after the saved one; with
+        `resume_at` (a checkpoint saved inside an epoch, that many batches in) it redraws the saved epoch
+        and starts at that batch."""
+        self.epoch = int(state["epoch"])
+        self._resume_at = resume_at if resume_at and self.epoch > 0 else None
 
     @property
     def sampled(self) -> bool:
@@ -183,6 +208,9 @@ class BatchLoader:
 
     def __iter__(self):
         n, t = len(self.series), self.tensors
+        first = 0
+        if self._resume_at is not None:  # redraw the saved epoch's permutation, continue inside it
+            self.epoch, first, self._resume_at = self.epoch - 1, self._resume_at, None
         # same permutation (and level shifts) on every rank, seeded by epoch; each rank takes its own slice
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.sampled:
@@ -196,7 +224,7 @@ class BatchLoader:
         if self.world_size > 1:
             k = len(order)
             order = order[: k - k % self.world_size if self.shuffle else k][self.rank :: self.world_size]
-        for i in range(len(self)):
+        for i in range(first, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             factor = None if shift is None else LevelShift.factors(shift[0][idx], shift[1][idx], t.L, t.H)
             yield t.gather(self.series[idx], self.starts[idx], factor)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from functools import partial
+import sys
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
+from fusioncast import rng
 from fusioncast.data.windows import Batch
 from fusioncast.models.ensemble import TFTEnsemble
 from fusioncast.models.tft import TemporalFusionTransformer
+
+
+RNG_KEY = "rng_states"  # checkpoint key of the generators' states at the time of saving (fusioncast/rng.py)
 
 
 def quantile_loss(pred: Tensor, target: Tensor, mask: Tensor, quantiles: Tensor, scale: Tensor) -> Tensor:
@@ -38,6 +42,9 @@ class TFTModule(L.LightningModule):
     correction of the skip by factors chosen on validation (fusioncast/shrinkage.py).
     ``ensemble_size`` > 1 makes the network a TFTEnsemble of that many such TFTs, whose forecasts are
     averaged; it is assembled from separately trained members (fusioncast/ensemble.py), never fit as one.
+    ``optimizer`` / ``scheduler`` are plain config dicts (``_target_`` naming a torch.optim optimizer /
+    torch.optim.lr_scheduler scheduler, and its arguments), built in configure_optimizers: checkpoints
+    then hold plain data only (fusioncast/checkpoint.py).
     """
 
     def __init__(
@@ -48,8 +55,8 @@ class TFTModule(L.LightningModule):
         dropout: float = 0.1,
         lstm_layers: int = 1,
         quantiles: list[float] = (0.1, 0.5, 0.9),
-        optimizer: partial | None = None,
-        scheduler: partial | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
         variable_size: int | None = 8,
         compile: bool = False,
         compile_mode: str | None = None,
@@ -70,6 +77,10 @@ class TFTModule(L.LightningModule):
             raise ValueError(f"linear_skip_fit must be train or lstsq, got {linear_skip_fit!r}")
         if ensemble_size < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size!r}")
+        for name, spec, package in (("optimizer", optimizer, "torch.optim"),
+                                    ("scheduler", scheduler, "torch.optim.lr_scheduler")):
+            if spec is not None:
+                torch_class(spec, name, package)  # refused here, not at the first fit
         self.save_hyperparameters(logger=False)
 
         def tft() -> TemporalFusionTransformer:
@@ -82,6 +93,7 @@ class TFTModule(L.LightningModule):
         self.net = tft() if ensemble_size == 1 else TFTEnsemble([tft() for _ in range(ensemble_size)])
         self.register_buffer("quantiles", torch.tensor(list(quantiles), dtype=torch.float32), persistent=False)
         self.median = min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))
+        self._rng_to_restore: dict | None = None
 
     def forward(self, *inputs: Tensor, return_interpretation: bool = False):
         return self.net(*inputs, return_interpretation=return_interpretation)
@@ -103,6 +115,22 @@ class TFTModule(L.LightningModule):
                 # every window on every rank (not the rank's shard), so that all ranks solve the same fit
                 loader = BatchLoader(dm.tensors(self.device), *dm.windows("train"), batch_size=4096)
                 fit_linear_skip(self.net, loader)
+
+    # ---- exact resume: the generators continue where the checkpoint left them --------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[RNG_KEY] = rng.collect()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:
+        # after the sanity check (which Lightning runs with the generators isolated), before the first batch
+        if self._rng_to_restore is not None:
+            rng.restore(self._rng_to_restore)
+            self._rng_to_restore = None
+        # a fit that early stopping had ended stays ended (Lightning does not save should_stop)
+        if self.trainer.ckpt_path and any(c.wait_count >= c.patience for c in self.trainer.early_stopping_callbacks):
+            self.trainer.should_stop = True
 
     def _step(self, batch: Batch, stage: str) -> Tensor:
         pred = self(*batch.inputs())
@@ -154,13 +182,58 @@ class TFTModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
+        # The epoch's scheduler step, here rather than where Lightning steps (after the epoch's checkpoint
+        # is written, and skipped for that epoch on resume): so the checkpoint holds the stepped state.
+        if not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # an epoch cut short (max_steps): no step, as Lightning
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval != "epoch" or (self.current_epoch + 1) % config.frequency:
+                continue
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get(config.monitor)
+                if metric is None:
+                    raise ValueError(f"the scheduler ReduceLROnPlateau needs {config.monitor}, which this epoch did "
+                                     "not log (validation off?): set model.scheduler=null or validate every epoch")
+                config.scheduler.step(metric)
+            else:
+                config.scheduler.step()
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Lightning's step: none (on_train_epoch_end has stepped the scheduler)."""
 
     def configure_optimizers(self):
-        make = self.hparams.optimizer or partial(torch.optim.AdamW, lr=3e-3, weight_decay=1e-4)
-        opt = make(params=self.parameters())
+        spec = self.hparams.optimizer or DEFAULT_OPTIMIZER
+        opt = torch_class(spec, "optimizer", "torch.optim")(self.parameters(), **_arguments(spec))
         for group in opt.param_groups:
             group["lr"] *= self.lr_factor()
-        if self.hparams.scheduler is None:
+        spec = self.hparams.scheduler
+        if spec is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=opt),
-                                                   "monitor": "val/loss", "interval": "epoch"}}
+        scheduler = torch_class(spec, "scheduler", "torch.optim.lr_scheduler")(opt, **_arguments(spec))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}
+
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 1e-4}
+
+
+def torch_class(spec: dict, name: str, package: str) -> type:
+    """The class a config dict's `_target_` names in `package` (torch.optim or torch.optim.lr_scheduler).
+
+    Looked up among torch's already imported modules, never imported by name: a checkpoint's
+    hyperparameters are data, and a `_target_` read from one must not reach anything else."""
+    target = spec.get("_target_") if isinstance(spec, dict) else None
+    example = f"{package}.{'AdamW' if name == 'optimizer' else 'ReduceLROnPlateau'}"
+    if not isinstance(target, str):
+        raise ValueError(f"model.{name} must be a config dict with a _target_ (e.g. {example}), got {spec!r}")
+    module, _, attr = target.rpartition(".")
+    found = getattr(sys.modules[module], attr, None) if module.split(".")[:2] == ["torch", "optim"] and (
+        module in sys.modules) else None
+    base = torch.optim.Optimizer if name == "optimizer" else (torch.optim.lr_scheduler.LRScheduler,
+                                                              torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ValueError(f"model.{name}._target_ must name a {package} {name} (e.g. {example}), got {target!r}")
+    return found
+
+
+def _arguments(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if not k.startswith("_")}

@@ -7,11 +7,13 @@ category unseen in training, anything odd in its shape) goes to the per-series p
 RequestParser.series, which also writes its warnings. When a check over a column fails, `encode`
 gives up: the per-series path then finds and names the first mistake, as it always has, so answers
 and error messages do not depend on which path ran.
+
+`p` below is the RequestParser (serve/requests.py) of the server: its fitted tables and its per-series
+path; this module does not import it (the parser imports this one).
 """
 
 from __future__ import annotations
 
-import warnings
 from itertools import chain
 from operator import itemgetter
 from typing import NamedTuple
@@ -19,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from fusioncast.data.preprocess import UNKNOWN
-from fusioncast.serve import requests as rq
+from fusioncast.serve.fields import (NUMBER, NUMBER_OR_NULL, SERIES_FIELDS, HorizonOutOfRange, RequestError, in_range,
+                                     numpy_times_fast)
 
 _UNSEEN = chr(UNKNOWN)
 
@@ -35,7 +38,7 @@ class _Row(NamedTuple):
     static_reals: list
 
 
-def encode(p: rq.RequestParser, series: list) -> tuple | None:
+def encode(p, series: list) -> tuple | None:
     """(ids, model inputs, forecast times, warnings) of a request's series, or None: use the per-series path."""
     rows, slow = [], []
     for i, s in enumerate(series):
@@ -71,14 +74,14 @@ def _in_order(items: list, order: np.ndarray) -> list:
     return [items[j] for j in order]
 
 
-def _row(p: rq.RequestParser, i: int, s) -> _Row | None:
+def _row(p, i: int, s) -> _Row | None:
     """The i-th series of a request if it is in the common case, else None (the per-series path takes it)."""
-    if type(s) is not dict or not s.keys() <= rq.SERIES_FIELDS:
+    if type(s) is not dict or not s.keys() <= SERIES_FIELDS:
         return None
     sid = s.get("id")
     try:
-        key, group = p._key(i, sid)
-    except rq.RequestError:
+        key, group = p.key(i, sid)
+    except RequestError:
         return None
     static, history, future = s.get("static") or {}, s.get("history"), s.get("future")
     future = {} if future is None else future
@@ -105,18 +108,16 @@ def _row(p: rq.RequestParser, i: int, s) -> _Row | None:
 
 
 def _timestamps(values: list) -> np.ndarray | None:
-    """ns since the epoch of ISO 8601 strings numpy parses (time zones and the like: None, for pandas)."""
+    """ns since the epoch of ISO 8601 strings numpy parses (time zones and the like: None)."""
     if not set(map(type, values)) <= {str}:
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return np.array(values, dtype="datetime64[ns]").view(np.int64)
-    except (ValueError, UserWarning, DeprecationWarning, OverflowError):
+        return numpy_times_fast(values)
+    except ValueError:
         return None
 
 
-def _encode_rows(p: rq.RequestParser, rows: list[_Row]) -> tuple[dict, list, np.ndarray] | None:
+def _encode_rows(p, rows: list[_Row]) -> tuple[dict, list, np.ndarray] | None:
     """(the model inputs of `rows`, their forecast times, which rows hold a category unseen in training),
     or None if a check fails."""
     sc, L, H, k = p.schema, p.L, p.H, len(rows)
@@ -127,7 +128,12 @@ def _encode_rows(p: rq.RequestParser, rows: list[_Row]) -> tuple[dict, list, np.
     if t is None:
         return None
     t = t.reshape(k, L)
-    grids = [p._grid(t0, L) for t0 in t[:, 0].tolist()]
+    if not in_range([h[sc.time_col][-L] for h in hist]):  # a grid from a wrapped first time would look sound
+        return None
+    try:
+        grids = [p.grid(t0, L) for t0 in t[:, 0].tolist()]
+    except HorizonOutOfRange:
+        return None
     if not np.array_equal(t, [g[0][:L] for g in grids]):
         return None
     timed = [j for j, f in enumerate(fut) if sc.time_col in f]
@@ -139,7 +145,7 @@ def _encode_rows(p: rq.RequestParser, rows: list[_Row]) -> tuple[dict, list, np.
     # target: numbers or null, some observed in each series
     y = _gather(hist, [sc.target], L)
     types = set(map(type, y))
-    if not types <= rq._NUMBER_OR_NULL:
+    if not types <= NUMBER_OR_NULL:
         return None
     if type(None) in types:
         observed = np.array([v is not None for v in y], bool)
@@ -152,7 +158,7 @@ def _encode_rows(p: rq.RequestParser, rows: list[_Row]) -> tuple[dict, list, np.
     reals = list(chain.from_iterable(r.static_reals for r in rows))
     reals += _gather(hist, covariates, L)
     reals += _gather(fut, known_reals)
-    if not set(map(type, reals)) <= rq._NUMBER:
+    if not set(map(type, reals)) <= NUMBER:
         return None
     try:
         with np.errstate(over="ignore"):
@@ -220,7 +226,7 @@ def char_tables(vocab: dict[str, dict]) -> dict[str, dict]:
     return {c: {v: chr(code) for v, code in m.items()} for c, m in vocab.items() if len(m) < 0x110000}
 
 
-def _chars(p: rq.RequestParser, col: str, values: list) -> str | None:
+def _chars(p, col: str, values: list) -> str | None:
     """A column's codes (as RequestParser._codes: compared as text, chr(UNKNOWN) for unseen values) as
     characters; None for values neither all text nor all integers."""
     if col not in p.chars:

@@ -1,6 +1,6 @@
 """Validation of forecast requests and their fast encoding into model inputs (numpy, no pandas per request).
 
-A request (DESIGN.md's HTTP API):
+A request (the HTTP API, documented in docs/reference/http-api.md):
 
     {"series": [{"id": ..., "static": {col: value},
                  "history": {time_col: [...], target: [...], observed and known columns: [...]},
@@ -20,7 +20,6 @@ training is scaled by its own history, with a warning.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -34,23 +33,11 @@ from fusioncast.data.preprocess import UNKNOWN, Preprocessor, series_key
 from fusioncast.data.schema import Schema
 from fusioncast.serve import columns
 from fusioncast.serve.calendar import calendar_values
+from fusioncast.serve.fields import (FIRST_TIME, LAST_TIME, NUMBER, NUMBER_OR_NULL, REQUEST_FIELDS, SCALAR,
+                                     SERIES_FIELDS, HorizonOutOfRange, RequestError, TimeOutOfRange, check_time_range,
+                                     kind, numpy_times, out_of_range_message, shown, shown_keys, shown_text)
 
-SERIES_FIELDS = frozenset(("id", "static", "history", "future"))
-REQUEST_FIELDS = frozenset(("series", "interpretation"))
-_NUMBER = frozenset((int, float))
-_NUMBER_OR_NULL = frozenset((int, float, type(None)))
-_SCALAR = frozenset((str, int, float))
-
-
-class RequestError(ValueError):
-    """A client mistake: answered with `status` and a message naming the series and field."""
-
-    def __init__(self, message: str, status: int = 422, series=None, field: str | None = None):
-        super().__init__(message)
-        self.status, self.series, self.field = status, series, field
-
-    def body(self) -> dict:
-        return {"detail": str(self), "series": self.series, "field": self.field}
+__all__ = ["ParsedRequest", "RequestError", "RequestParser", "series_payload"]
 
 
 @dataclass
@@ -60,11 +47,6 @@ class ParsedRequest:
     times: list[list[str]]             # each series' forecast timestamps (ISO 8601)
     warnings: list[list[str]]          # per series
     interpretation: bool
-
-
-def _kind(v) -> str:
-    return "null" if v is None else type(v).__name__.replace("NoneType", "null").replace("dict", "object").replace(
-        "list", "array").replace("str", "string")
 
 
 class RequestParser:
@@ -90,17 +72,26 @@ class RequestParser:
             self.step = pd.Timedelta(self.offset).value
         except (TypeError, ValueError):
             self.step = None
-        self._grid = lru_cache(maxsize=4096)(self._make_grid)
+        self.grid = lru_cache(maxsize=4096)(self._make_grid)
         for name in s.calendar:  # build any lazy table (us_holiday's) now, not in the first request
             calendar_values(name, np.zeros(1, np.int64))
 
     # ---- the time grid of a window ----------------------------------------------------------------
     def _make_grid(self, t0: int, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(n + H steps from t0 in ns, their calendar codes (n + H, n_calendar), the H forecast times as text)."""
+        """(n + H steps from t0 in ns, their calendar codes (n + H, n_calendar), the H forecast times as text).
+        Raises HorizonOutOfRange when the last step lies past what datetime64[ns] holds (it would wrap)."""
         if self.step is not None:
+            if t0 + self.step * (n + self.H - 1) > LAST_TIME.value:  # Python ints: no overflow here
+                raise HorizonOutOfRange
             grid = t0 + self.step * np.arange(n + self.H, dtype=np.int64)
         else:
-            grid = pd.date_range(pd.Timestamp(t0, unit="ns"), periods=n + self.H, freq=self.offset).as_unit("ns").asi8
+            try:
+                grid = pd.date_range(pd.Timestamp(t0, unit="ns"), periods=n + self.H, freq=self.offset)
+                grid = grid.as_unit("ns").asi8
+            except (pd.errors.OutOfBoundsDatetime, OverflowError):
+                raise HorizonOutOfRange from None
+            if grid[-1] > LAST_TIME.value:
+                raise HorizonOutOfRange
         cal = np.zeros((n + self.H, len(self.schema.calendar)), np.int64)
         for j, name in enumerate(self.schema.calendar):
             vocab = self.vocab[name]
@@ -120,11 +111,11 @@ class RequestParser:
 
     def parse_obj(self, obj) -> ParsedRequest:
         if type(obj) is not dict:
-            raise RequestError(f"the body must be a JSON object with a 'series' array, got {_kind(obj)}", status=400)
+            raise RequestError(f"the body must be a JSON object with a 'series' array, got {kind(obj)}", status=400)
         extra = obj.keys() - REQUEST_FIELDS
         if extra:
-            raise RequestError(f"unknown top-level field(s) {sorted(extra)}; expected 'series' (and 'interpretation')",
-                               field=sorted(extra)[0])
+            raise RequestError(f"unknown top-level field(s) {shown_keys(extra)}; expected 'series' (and "
+                               "'interpretation')", field=sorted(extra)[0])
         series = obj.get("series")
         if type(series) is not list or not series:
             raise RequestError("'series' must be a non-empty array of series objects", field="series")
@@ -154,13 +145,13 @@ class RequestParser:
     def series(self, i: int, s) -> tuple:
         """(id, the eight model inputs, forecast times, warnings) of the i-th series of a request."""
         if type(s) is not dict:
-            raise RequestError(f"series[{i}] must be an object, got {_kind(s)}", series=i)
+            raise RequestError(f"series[{i}] must be an object, got {kind(s)}", series=i)
         extra = s.keys() - SERIES_FIELDS
         if extra:
-            raise RequestError(f"series[{i}]: unknown field(s) {sorted(extra)}; a series has id, static, history, "
+            raise RequestError(f"series[{i}]: unknown field(s) {shown_keys(extra)}; a series has id, static, history, "
                                "future", series=i, field=sorted(extra)[0])
         sid = s.get("id")
-        key, group = self._key(i, sid)
+        key, group = self.key(i, sid)
         name = sid if sid is not None else i
         warns: list[str] = []
         sc = self.schema
@@ -168,59 +159,66 @@ class RequestParser:
         # static inputs (group-id columns among them come from the id)
         static = s.get("static") or {}
         if type(static) is not dict:
-            raise RequestError(f"series {name!r}: static must be an object", series=name, field="static")
+            raise RequestError(f"series {shown(name)}: static must be an object", series=name, field="static")
         extra = static.keys() - self.static_cols
         if extra:
-            raise RequestError(f"series {name!r}: unknown static column(s) {sorted(extra)}; the model's static columns "
-                               f"are {sorted(self.static_cols)}", series=name, field=f"static.{sorted(extra)[0]}")
+            raise RequestError(f"series {shown(name)}: unknown static column(s) {shown_keys(extra)}; the model's static "
+                               f"columns are {sorted(self.static_cols)}", series=name, field=f"static.{sorted(extra)[0]}")
         static_cat = np.empty(len(sc.static_categoricals), np.int64)
         for j, col in enumerate(sc.static_categoricals):
             if col in static:
                 value = static[col]
                 if col in group and self._text(value, name, f"static.{col}") != group[col]:
-                    raise RequestError(f"series {name!r}: static.{col} = {value!r} contradicts the id ({group[col]!r})",
+                    raise RequestError(f"series {shown(name)}: static.{col} = {shown(value)} contradicts the id "
+                                       f"({shown(group[col])})",
                                        series=name, field=f"static.{col}")
             elif col in group:
                 value = group[col]
             else:
-                raise RequestError(f"series {name!r}: static.{col} is missing", series=name, field=f"static.{col}")
+                raise RequestError(f"series {shown(name)}: static.{col} is missing", series=name, field=f"static.{col}")
             static_cat[j] = self._codes(col, [value], name, f"static.{col}", warns)[0]
         for col in sc.static_reals:
             if col not in static:
-                raise RequestError(f"series {name!r}: static.{col} is missing", series=name, field=f"static.{col}")
+                raise RequestError(f"series {shown(name)}: static.{col} is missing", series=name, field=f"static.{col}")
         static_real = self._reals([(f"static.{col}", [static[col]]) for col in sc.static_reals], 1, name)[0]
 
         # history: the encoder
         history = s.get("history")
         if type(history) is not dict:
-            raise RequestError(f"series {name!r}: history must be an object of columns", series=name, field="history")
+            raise RequestError(f"series {shown(name)}: history must be an object of columns", series=name, field="history")
         self._columns(history, self.history_cols, name, "history")
         times = history[sc.time_col]
         if type(times) is not list or not times:
-            raise RequestError(f"series {name!r}: history.{sc.time_col} must be a non-empty array of timestamps",
+            raise RequestError(f"series {shown(name)}: history.{sc.time_col} must be a non-empty array of timestamps",
                                series=name, field=f"history.{sc.time_col}")
         n_all = len(times)
         for col, values in history.items():
             if type(values) is not list or len(values) != n_all:
-                got = f"{len(values)} values" if type(values) is list else _kind(values)
-                raise RequestError(f"series {name!r}: history.{col} has {got}, history.{sc.time_col} has {n_all}",
+                got = f"{len(values)} values" if type(values) is list else kind(values)
+                raise RequestError(f"series {shown(name)}: history.{col} has {got}, history.{sc.time_col} has {n_all}",
                                    series=name, field=f"history.{col}")
         first = max(0, n_all - self.L)  # only the last L steps are used
         n = n_all - first
         t = self._times(times[first:], name, f"history.{sc.time_col}", first)
-        grid, cal, out_times = self._grid(int(t[0]), n)
+        try:
+            grid, cal, out_times = self.grid(int(t[0]), n)
+        except HorizonOutOfRange:
+            raise RequestError(
+                f"series {shown(name)}: the {self.H} steps after history.{sc.time_col}'s last value "
+                f"({shown(times[-1])}) reach past {LAST_TIME.isoformat()}, the last time the model can represent",
+                series=name, field=f"history.{sc.time_col}") from None
         if not np.array_equal(t, grid[:n]):
             j = int(np.argmax(t != grid[:n]))
             raise RequestError(
-                f"series {name!r}: history.{sc.time_col}[{first + j}] = {times[first + j]!r} is not on the model's "
+                f"series {shown(name)}: history.{sc.time_col}[{first + j}] = {shown(times[first + j])} is not on the model's "
                 f"'{self.pp.freq}' grid: expected {pd.Timestamp(int(grid[j]), unit='ns')} (no gaps: send null targets "
                 "for missing observations)", series=name, field=f"history.{sc.time_col}")
         if n < self.L:
-            warns.append(f"series {name!r}: history has {n} steps, the model reads {self.L}: padded")
+            warns.append(f"series {shown(name)}: history has {n} steps, the model reads {self.L}: padded")
         y = history[sc.target][first:]
         target, observed = self._target(y, name, f"history.{sc.target}", first)
         if not observed.any():
-            raise RequestError(f"series {name!r}: history.{sc.target} has no observed (non-null) value in its last "
+            raise RequestError(f"series {shown(name)}: history.{sc.target} has no observed (non-null) value in its last "
                                f"{self.L} steps", series=name, field=f"history.{sc.target}")
         if key not in self.pp.target_scales:
             warns.append(self.unseen_warning(name))
@@ -234,19 +232,19 @@ class RequestParser:
         if future is None:
             future = {}
         if type(future) is not dict:
-            raise RequestError(f"series {name!r}: future must be an object of columns", series=name, field="future")
+            raise RequestError(f"series {shown(name)}: future must be an object of columns", series=name, field="future")
         self._columns(future, self.future_cols, name, "future", optional={sc.time_col})
         for col, values in future.items():
             if type(values) is not list or len(values) != self.H:
-                got = f"{len(values)} values" if type(values) is list else _kind(values)
-                raise RequestError(f"series {name!r}: future.{col} has {got}; the model forecasts {self.H} steps",
+                got = f"{len(values)} values" if type(values) is list else kind(values)
+                raise RequestError(f"series {shown(name)}: future.{col} has {got}; the model forecasts {self.H} steps",
                                    series=name, field=f"future.{col}")
         if sc.time_col in future:
             ft = self._times(future[sc.time_col], name, f"future.{sc.time_col}")
             if not np.array_equal(ft, grid[n:]):
                 j = int(np.argmax(ft != grid[n:]))
                 raise RequestError(
-                    f"series {name!r}: future.{sc.time_col}[{j}] = {future[sc.time_col][j]!r}, expected "
+                    f"series {shown(name)}: future.{sc.time_col}[{j}] = {shown(future[sc.time_col][j])}, expected "
                     f"{out_times[j]} (the steps after the history's last, freq '{self.pp.freq}')",
                     series=name, field=f"future.{sc.time_col}")
         # known categoricals: history and future encoded together (half the calls on the hot path)
@@ -261,26 +259,26 @@ class RequestParser:
         return sid, window, out_times, warns
 
     def unseen_warning(self, name) -> str:
-        return f"series {name!r} was not seen in training" + (
+        return f"series {shown(name)} was not seen in training" + (
             "" if getattr(self.schema, "target_normalizer", "series") == "global" else ": scaled by its own history")
 
     # ---- fields -----------------------------------------------------------------------------------
-    def _key(self, i: int, sid) -> tuple[str, dict[str, str]]:
+    def key(self, i: int, sid) -> tuple[str, dict[str, str]]:
         """The series key (as in the bundle's target scales) and its group-id values."""
         ids = self.schema.group_ids
         if not ids:
             return series_key(()), {}
         if type(sid) is dict:
             if set(sid) != set(ids):
-                raise RequestError(f"series[{i}]: id must have exactly the keys {ids}, got {sorted(sid)}", series=i,
+                raise RequestError(f"series[{i}]: id must have exactly the keys {ids}, got {shown_keys(sid)}", series=i,
                                    field="id")
             values = tuple(self._text(sid[c], i, f"id.{c}") for c in ids)
-        elif type(sid) in _SCALAR:
+        elif type(sid) in SCALAR:
             text = self._text(sid, i, "id")
             values = tuple(text.split("|")) if len(ids) > 1 else (text,)
             if len(values) != len(ids):
                 joined = "|".join(ids)
-                raise RequestError(f"series[{i}]: id {sid!r} must name {ids} as an object or as '{joined}'",
+                raise RequestError(f"series[{i}]: id {shown(sid)} must name {ids} as an object or as '{joined}'",
                                    series=i, field="id")
         else:
             raise RequestError(f"series[{i}]: id is required ({ids}: an object or '" + "|".join(ids) + "')",
@@ -292,70 +290,84 @@ class RequestParser:
         t = type(v)
         if t is str:
             return v
-        if t in _NUMBER or t is bool:
+        if t in NUMBER or t is bool:
             return str(v)  # as pandas' astype(str) writes it in training
         at = field if index is None else f"{field}[{index}]"
-        raise RequestError(f"series {name!r}: {at} must be a string or number, got {_kind(v)}", series=name,
+        raise RequestError(f"series {shown(name)}: {at} must be a string or number, got {kind(v)}", series=name,
                            field=field)
 
     def _columns(self, given: dict, expected: frozenset, name, where: str, optional=frozenset()) -> None:
         missing = sorted(expected - given.keys())
         if missing:
             more = f" (also missing: {missing[1:]})" if len(missing) > 1 else ""
-            raise RequestError(f"series {name!r}: {where}.{missing[0]} is missing{more}; {where} takes "
+            raise RequestError(f"series {shown(name)}: {where}.{missing[0]} is missing{more}; {where} takes "
                                f"{sorted(expected | optional)}", series=name, field=f"{where}.{missing[0]}")
         extra = sorted(given.keys() - expected - optional)
         if extra:
-            more = f" (nor {extra[1:]})" if len(extra) > 1 else ""
-            raise RequestError(f"series {name!r}: {where}.{extra[0]} is not an input of the model{more}; {where} "
-                               f"takes {sorted(expected | optional)}", series=name, field=f"{where}.{extra[0]}")
+            more = f" (nor {shown_keys(extra[1:])})" if len(extra) > 1 else ""
+            raise RequestError(f"series {shown(name)}: {where}.{shown_text(extra[0])} is not an input of the model"
+                               f"{more}; {where} takes {sorted(expected | optional)}", series=name,
+                               field=f"{where}.{extra[0]}")
 
     def _times(self, values: list, name, field: str, first: int = 0) -> np.ndarray:
         for j, v in enumerate(values):
             if type(v) is not str:
-                raise RequestError(f"series {name!r}: {field}[{first + j}] must be an ISO 8601 timestamp string, got "
-                                   f"{_kind(v)}", series=name, field=field)
+                raise RequestError(f"series {shown(name)}: {field}[{first + j}] must be an ISO 8601 timestamp string, "
+                                   f"got {kind(v)}", series=name, field=field)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # numpy only warns about time zones: let pandas handle them
-                return np.array(values, dtype="datetime64[ns]").view(np.int64)
-        except (ValueError, UserWarning, DeprecationWarning):
+            return numpy_times(values)
+        except TimeOutOfRange as e:
+            raise self._out_of_range(values, e.index, name, field, first) from None
+        except ValueError:
             pass
         try:  # what training's schema.validate accepts: pandas parsing, time zones dropped to wall time
             t = pd.to_datetime(pd.Series(values))
             if getattr(t.dt, "tz", None) is not None:
                 t = t.dt.tz_localize(None)
-            return t.dt.as_unit("ns").to_numpy().view(np.int64)
+            if t.isna().any():
+                j = int(np.argmax(t.isna().to_numpy()))
+                raise ValueError(f"{field}[{first + j}] = {shown(values[j])}")
+            us = t.dt.as_unit("us").to_numpy().view(np.int64)
         except (ValueError, TypeError, OverflowError) as e:
-            raise RequestError(f"series {name!r}: {field} has a value that is not a timestamp ({e})", series=name,
+            raise RequestError(f"series {shown(name)}: {field} has a value that is not a timestamp ({e})", series=name,
                                field=field) from None
+        try:
+            check_time_range(us, FIRST_TIME.value // 1000, LAST_TIME.value // 1000)
+        except TimeOutOfRange as e:
+            raise self._out_of_range(values, e.index, name, field, first) from None
+        return us * 1000
+
+    @staticmethod
+    def _out_of_range(values: list, j: int, name, field: str, first: int) -> RequestError:
+        return RequestError(f"series {shown(name)}: {field}[{first + j}] {out_of_range_message(values[j])}",
+                            series=name, field=field)
 
     @staticmethod
     def _bad_number(values: list, allowed: frozenset, name, field: str, first: int) -> RequestError:
         j = next(j for j, v in enumerate(values) if type(v) not in allowed)
         hint = " (only the target may be null)" if values[j] is None else ""
-        return RequestError(f"series {name!r}: {field}[{first + j}] must be a number, got {_kind(values[j])}{hint}",
+        return RequestError(f"series {shown(name)}: {field}[{first + j}] must be a number, got {kind(values[j])}{hint}",
                             series=name, field=field)
 
     def _reals(self, columns: list[tuple[str, list]], n: int, name, first: int = 0) -> np.ndarray:
         """(n, len(columns)) float32 of (field, values) columns that must hold finite numbers."""
         for field, values in columns:
-            if not set(map(type, values)) <= _NUMBER:
-                raise self._bad_number(values, _NUMBER, name, field, first)
+            if not set(map(type, values)) <= NUMBER:
+                raise self._bad_number(values, NUMBER, name, field, first)
         with np.errstate(over="ignore"):
             x = np.array([values for _, values in columns], np.float32).reshape(len(columns), n).T
         finite = np.isfinite(x)
         if not finite.all():
             j, c = np.argwhere(~finite)[0]
             field, values = columns[c]
-            raise RequestError(f"series {name!r}: {field}[{first + j}] = {values[j]!r} is not a finite float32",
+            raise RequestError(f"series {shown(name)}: {field}[{first + j}] = {shown(values[j])} is not a finite float32",
                                series=name, field=field)
         return x
 
     def _target(self, values: list, name, field: str, first: int) -> tuple[np.ndarray, np.ndarray]:
         types = set(map(type, values))
-        if not types <= _NUMBER_OR_NULL:
-            raise self._bad_number(values, _NUMBER_OR_NULL, name, field, first)
+        if not types <= NUMBER_OR_NULL:
+            raise self._bad_number(values, NUMBER_OR_NULL, name, field, first)
         if type(None) in types:
             missing = np.array([v is None for v in values], bool)
             values = [0.0 if v is None else v for v in values]
@@ -366,7 +378,7 @@ class RequestParser:
         bad = ~missing & ~np.isfinite(x)
         if bad.any():
             j = int(np.argmax(bad))
-            raise RequestError(f"series {name!r}: {field}[{first + j}] = {values[j]!r} is not a finite float32",
+            raise RequestError(f"series {shown(name)}: {field}[{first + j}] = {shown(values[j])} is not a finite float32",
                                series=name, field=field)
         return x, ~missing
 
@@ -389,7 +401,7 @@ class RequestParser:
             codes = [vocab.get(v, UNKNOWN) for v in values]
         j = codes.index(UNKNOWN)
         where, _ = self._where(j, field, first, then)
-        warns.append(f"series {name!r}: {where} has {values[j]!r}, not seen in training (unknown category)")
+        warns.append(f"series {shown(name)}: {where} has {shown(values[j])}, not seen in training (unknown category)")
         return codes
 
     @staticmethod

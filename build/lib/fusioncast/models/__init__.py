@@ -1,0 +1,5 @@
+"""Forecasting models."""
+
+from .tft import TemporalFusionTransformer
+
+__all__ = ["TemporalFusionTransformer"]
