@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -68,6 +70,52 @@ def test_sampled_epochs_see_every_window_once_before_any_twice():
     assert epoch_order(again) == epochs[3]
 
 
+def test_a_sampled_epoch_resumes_from_its_sampler_state():
+    """What a checkpoint saves (sampler_state, and the batch inside an epoch) continues the stream exactly,
+    across the end of a pass over the windows too."""
+    epochs = [epoch_order(b) for b in [loader(10, 4)] for _ in range(5)]
+    at_end = loader(10, 4)
+    for _ in range(2):
+        list(at_end)
+    again = loader(10, 4)
+    again.load_sampler_state(at_end.sampler_state())
+    assert epoch_order(again) == epochs[2] and epoch_order(again) == epochs[3]
+    inside = loader(10, 4, batch_size=1)  # one window a batch: resume 3 windows into epoch 2 (pass 0 -> 1)
+    inside.load_sampler_state({"epoch": 3}, resume_at=3)
+    assert epoch_order(inside) == epochs[2][3:] and epoch_order(inside) == epochs[3]
+
+
+def test_a_sampled_fit_resumed_inside_an_epoch_ends_as_the_whole_fit(tmp_path):
+    """Lightning's own resume from a checkpoint saved mid-epoch, with epochs of 300 of the 951 windows:
+    the weights at the end equal those of the uninterrupted fit."""
+    import hydra
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from fusioncast import checkpoint
+
+    def fit_sampled(out, ckpt_path=None):
+        cfg = compose_config("train.yaml", out, TINY + ["data.epoch_windows=300", "model.scheduler.patience=0"])
+        L.seed_everything(cfg.seed, workers=True)
+        dm = hydra.utils.instantiate(cfg.data, _convert_="object")
+        dm.setup("fit")
+        module = hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
+        every = ModelCheckpoint(dirpath=out / "steps", every_n_train_steps=7, save_top_k=-1, filename="{step}")
+        trainer = L.Trainer(accelerator="cpu", max_epochs=4, logger=False, callbacks=[every], enable_progress_bar=False,
+                            enable_model_summary=False, plugins=[checkpoint.SafeCheckpointIO()])
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return module, trainer
+
+    whole, trainer = fit_sampled(tmp_path / "whole")
+    assert trainer.global_step == 4 * math.ceil(300 / 64)  # 5 batches an epoch
+    mid = tmp_path / "whole" / "steps" / "step=14.ckpt"  # epoch 2, 4 of its 5 batches; epoch 3 wraps the pass
+    saved = checkpoint.load(mid)["TimeSeriesDataModule"]
+    assert saved["sampler"] == {"epoch": 3} and saved["sampler_resume_at"] == 4
+    resumed, _ = fit_sampled(tmp_path / "resumed", str(mid))
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
 def test_an_epoch_larger_than_the_table_is_the_whole_table_as_before():
     assert epoch_order(loader(10, 10)) == epoch_order(loader(10, None)) == epoch_order(loader(10, 1000))
     assert sorted(epoch_order(loader(10, None))) == list(range(10))
@@ -90,7 +138,7 @@ def test_training_epochs_are_epoch_windows_long(tmp_path):
 def test_a_tiny_budget_stops_training_and_the_best_checkpoint_is_used(tmp_path):
     cfg = compose_config("train.yaml", tmp_path, TINY + ["trainer.max_epochs=200", "budget=1s",
                                                          "callbacks.early_stopping.patience=1000",
-                                                         "model.shrink_correction=false"])
+                                                         "model.shrink_correction=false", "export=true"])
     metrics = train(cfg)
     t = metrics["training"]
     assert t["stopped_by"] == "budget" and t["budget_s"] == 1.0 and t["epochs"] < 200
@@ -101,6 +149,11 @@ def test_a_tiny_budget_stops_training_and_the_best_checkpoint_is_used(tmp_path):
     val = split_metrics(predict_split(module, dm, "val"), dm, list(module.hparams.quantiles))[0]
     assert val["mae"] == pytest.approx(metrics["val"]["mae"], rel=1e-6)
     assert val["loss"] == pytest.approx(t["best_val_loss"], rel=1e-3)
+    # and the bundle is that checkpoint's: its metrics are metrics.json's, its checkpoint the best one
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert meta["checkpoint"] == Path(metrics["best_checkpoint"]).name
+    assert meta["metrics"]["val"] == metrics["val"] and meta["metrics"]["training"] == t
+    assert meta["calibration"]["method"] == "adaptive" and meta["calibration"]["served"]["applies"] == "offsets"
 
 
 def test_budget_key_sets_trainer_max_time(tmp_path):
