@@ -161,3 +161,16 @@ def test_budget_key_sets_trainer_max_time(tmp_path):
     assert compose_config("train.yaml", tmp_path, ["trainer.max_time=00:00:02:00"]).trainer.max_time == "00:00:02:00"
     default = compose_config("train.yaml", tmp_path, []).trainer.max_time
     assert parse_budget(default) == dt.timedelta(minutes=10)
+
+
+def test_python_defaults_are_the_yaml_defaults(tmp_path):
+    import inspect
+
+    from fusioncast.calibration import DEFAULT_STEP, DEFAULT_WIDTH_STEP, Calibration
+    from fusioncast.data.datamodule import TimeSeriesDataModule
+
+    cfg = compose_config("train.yaml", tmp_path, [])
+    assert inspect.signature(TimeSeriesDataModule).parameters["epoch_windows"].default == cfg.data.epoch_windows
+    fit = inspect.signature(Calibration.fit).parameters
+    assert fit["step"].default == DEFAULT_STEP == cfg.calibration.step
+    assert fit["width_step"].default == DEFAULT_WIDTH_STEP == cfg.calibration.width_step

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fusioncast.backtest import backtest_forecasts
 from fusioncast.calibration import Calibration
 from fusioncast.data.inference import INPUT_NAMES
 from fusioncast.export import _Graph, _session, export_onnx
@@ -205,8 +206,10 @@ def test_served_forecasts_never_cross_with_shrinkage_factors_that_reorder_quanti
     with torch.no_grad(), _unsorted(module.net):
         raw = module(*batch.inputs()).numpy()
     assert not ordered(raw)
-    for variant in ([], ["--int8"]):
-        server = Server(path, tmp_path, *variant)
+    # the bundle as exported (fp32, int8), and with an adaptive calibration whose offsets reorder P10 and P90
+    calibrated = calibrated_copy(path, tmp_path / "nasty", nasty(rb.dm.schema.max_prediction_length))
+    for bundle, variant in ((path, []), (path, ["--int8"]), (calibrated, [])):
+        server = Server(bundle, tmp_path, *variant)
         try:
             for body in requests:
                 answer = server.post(orjson.dumps(body))
@@ -245,3 +248,107 @@ def test_batch_scoring_never_crosses_on_either_backend(crossing_bundle, tmp_path
             out = predict(compose_config("predict.yaml", tmp_path, [backend, *extra, f"input={tmp_path / 'input.csv'}",
                                                                    "output=null"]))
             assert ordered(out[q].to_numpy()), (end, backend)
+
+
+# ---- calibrations applied after the model's sort: server (app and HTTP), batch scoring, backtests ----------
+# offsets in units of the window's target scale that reorder P10 and P90 when simply added: the check
+# that the one place applying a calibration (Calibration.apply / track) sorts after it is not vacuous
+NASTY_OFFSETS = [4.0, 0.0, -4.0]
+
+
+@st.composite
+def served_calibration(draw, H: int):
+    """A random calibration of a 12-step P10/P50/P90 model: conformal or adaptive, offsets up to 4 target
+    scales either way (often reordering), the median calibrated or not."""
+    method = draw(st.sampled_from(["conformal", "adaptive"]))
+    adjust_median = draw(st.booleans())
+    offsets = draw(hnp.arrays(np.float64, (H, 3), elements=st.floats(-4, 4)))
+    if not adjust_median:
+        offsets[:, 1] = 0.0
+    step = draw(hnp.arrays(np.float64, (H,), elements=st.floats(0, 2))) if method == "adaptive" else None
+    width = draw(st.floats(0, 0.2)) if method == "adaptive" else 0.0
+    return Calibration([0.1, 0.5, 0.9], offsets, method, {"adjust_median": adjust_median}, step, width)
+
+
+def calibrated_copy(bundle, out, cal: Calibration):
+    """The bundle with `cal` as its calibration (bundle.json sealed again, as an export would)."""
+    import json
+    import shutil
+
+    from fusioncast.serve.bundle import write_meta
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(bundle, out)
+    meta = json.loads((out / "bundle.json").read_text())
+    meta["calibration"] = cal.to_dict()
+    write_meta(out, meta, list(meta["integrity"]["files"]))
+    return out
+
+
+def nasty(H: int, method: str = "adaptive") -> Calibration:
+    return Calibration([0.1, 0.5, 0.9], np.tile(NASTY_OFFSETS, (H, 1)), method, {},
+                       np.full(H, 0.5) if method == "adaptive" else None, 0.05 if method == "adaptive" else 0.0)
+
+
+def test_the_nasty_offsets_do_reorder_the_quantiles_before_the_calibration_sorts(crossing_bundle):
+    rb, module, _ = crossing_bundle
+    p, _, _ = backtest_forecasts(module, rb.dm, 8)
+    H = rb.dm.schema.max_prediction_length
+    added = p["pred"] + np.tile(NASTY_OFFSETS, (H, 1))[None] * p["scale"][:, None, None]
+    assert not ordered(added)
+    assert ordered(nasty(H).apply(p["pred"], p["scale"]))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_app_and_batch_scoring_never_cross_whatever_the_calibration(crossing_bundle, tmp_path, data):
+    """The real app (in process, FastAPI's TestClient) and fusioncast-predict on both backends, with random
+    calibrations in the bundle (and in the run's metrics.json for backend=torch), replay included."""
+    import json
+    import shutil
+
+    import pandas as pd
+    from fastapi.testclient import TestClient
+
+    from fusioncast.predict import predict
+    from fusioncast.serve.app import ServeConfig, create_app
+    from fusioncast.shrinkage import write_correction_scale
+    from tests.conftest import compose_config, needs_shared
+
+    rb, _, path = crossing_bundle
+    H = rb.dm.schema.max_prediction_length
+    cal = data.draw(served_calibration(H))
+    bundle = calibrated_copy(path, tmp_path / "bundle", cal)
+    app = create_app(ServeConfig(bundle=str(bundle), cache_dir=str(tmp_path / "ort")))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        for body in window_requests(rb, 4):
+            answer = client.post("/v1/forecast", content=orjson.dumps(body), headers={"content-type": "application/json"})
+            assert answer.status_code == 200, answer.text
+            assert ordered(served_quantiles(answer.json()), axis=1)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    checkpoint = run / "checkpoints" / "crossing.ckpt"  # the same weights and factors, for backend=torch
+    if not checkpoint.exists():
+        shutil.copy(rb.checkpoint, checkpoint)
+        write_correction_scale(str(checkpoint), ISSUE_FACTORS)
+    (run / "metrics.json").write_text(json.dumps({"calibration": cal.to_dict()}))
+    end = data.draw(st.integers(9000, 11500), label="table end")
+    pd.read_csv(needs_shared("ETTh1.csv")).iloc[:end].to_csv(tmp_path / "input.csv", index=False)
+    replay = [f"replay={data.draw(st.integers(1, 30), label='replay')}"] if cal.step is not None else []
+    q = ["q0.1", "q0.5", "q0.9"]
+    for backend in ([f"bundle={bundle}"], [f"ckpt_path={checkpoint}", "backend=torch"]):
+        out = predict(compose_config("predict.yaml", tmp_path, [*backend, f"input={tmp_path / 'input.csv'}",
+                                                                "output=null", *replay]))
+        assert ordered(out[q].to_numpy()), backend
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_backtests_never_cross_whatever_the_calibration(crossing_bundle, data):
+    rb, module, _ = crossing_bundle
+    cal = data.draw(served_calibration(rb.dm.schema.max_prediction_length))
+    origins = data.draw(st.integers(1, 12), label="origins")
+    split = data.draw(st.sampled_from(["val", "test"]), label="split")
+    p, times, _ = backtest_forecasts(module, rb.dm, origins, split, calibration=cal)
+    assert len(p["pred"]) == len(times) > 0 and ordered(p["pred"])
