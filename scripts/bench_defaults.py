@@ -49,7 +49,7 @@ SETS = {
     "etth1": ["data=etth1", "data.max_encoder_length=168", "data.max_prediction_length=24"],
 }
 # the shrinkage step is off: it would choose on the very validation windows that score the candidates
-BUDGET = ["trainer.max_epochs=8", "callbacks.early_stopping.patience=3", "model.shrink_correction=false",
+BUDGET = ["trainer.max_epochs=8", "callbacks.early_stopping.patience=3", "model.shrink_correction=false", "budget=null",
           "export=false", "logger=none",
           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 

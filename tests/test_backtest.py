@@ -68,7 +68,7 @@ def test_eval_cli_writes_backtest_and_calibration(trained, tmp_path):
     assert result["origins"] == 3 and result["calibration"]["method"] == "adaptive"
     assert (tmp_path / "backtest.png").exists()
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert "calibration" in written and "uncalibrated" in written and "conformal_static" in written
+    assert "calibration" in written and "uncalibrated" in written and "served" in written
     assert written["calibration"]["fitted_on"]["step"] == 0.01  # the config group's default
 
 

@@ -20,6 +20,14 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 HORIZONS = (24, 48, 96, 168, 192, 336, 720)
 
 
+@pytest.mark.parametrize("data", ["custom", "synthetic", "stallion", "nyc_taxi", "etth1", "etth1_univariate"])
+def test_every_data_set_gets_the_default_calibration_and_budget(data, tmp_path):
+    cfg = compose_config("train.yaml", tmp_path, [f"data={data}"])
+    assert cfg.calibration.method == "adaptive" and cfg.calibration.step == 0.01
+    assert cfg.calibration.width_step == 0.002 and cfg.trainer.max_time == "00:00:10:00"
+    assert compose_config("eval.yaml", tmp_path, ["ckpt_path=x"]).calibration.method == "adaptive"
+
+
 def test_every_benchmark_protocol_has_a_config():
     wanted = {"stallion_tutorial", "nyc_taxi_h5", "etth1_univariate", "etth1_covariates", "m4_hourly",
               "nyc_taxi_numenta"}
@@ -32,6 +40,8 @@ def test_every_benchmark_protocol_has_a_config():
 def test_experiment_composes(name, tmp_path):
     cfg = compose_config("train.yaml", tmp_path, [f"experiment={name}"])
     assert cfg.data.max_prediction_length >= 1 and cfg.model._target_.endswith("TFTModule")
+    # what a user gets: calibrated intervals (the default calibration) and a time budget
+    assert cfg.calibration.method == "adaptive" and cfg.trainer.max_time == cfg.budget is not None
     if name in ("etth1_univariate", "etth1_covariates"):
         # the protocol's units: the training std of OT (the window centring the model uses leaves errors alone)
         assert cfg.data.target_normalizer in ("global", "encoder") and cfg.data.eval_stride == 1

@@ -10,22 +10,22 @@ import torch
 from omegaconf import OmegaConf
 
 from fusioncast.evaluation.forecasts import evaluate_model, predict_split
-from fusioncast.postfit.shrinkage import pinball
+from fusioncast.postfit.shrinkage import _unsorted, pinball
 from fusioncast.train import train
 from fusioncast.training.checkpoint import load_with_data
 from tests.conftest import TINY, compose_config
 from tests.models.test_tft import RICH, make_batch, make_model
 
 
-def test_forecasts_are_affine_in_the_factor_and_at_0_ignore_the_correction():
+def test_unsorted_forecasts_are_affine_in_the_factor_and_at_0_ignore_the_correction():
     model = make_model(RICH, linear_skip=8).eval()
     with torch.no_grad():
         model.skip.weight.normal_(0, 0.1)  # a skip that is not the zero-initialised one
         model.output.weight.normal_(0, 0.5)
     batch = make_batch(model, 4)
 
-    def at(a):
-        with torch.no_grad():
+    def at(a):  # before the final sort (which the factors could make reorder quantiles)
+        with torch.no_grad(), _unsorted(model):
             model.correction_scale.copy_(torch.as_tensor(a).expand_as(model.correction_scale))
             return model(**batch)
 

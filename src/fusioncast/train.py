@@ -59,6 +59,8 @@ def train(cfg: DictConfig) -> dict:
         calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
         metrics = evaluate_model(module, dm, calibration=calibration)
         metrics["best_checkpoint"] = best
+        if ensemble is None:
+            metrics["training"] = fitted[0].training
         if ensemble is not None:
             metrics["ensemble"] = ensemble
         elif fitted[0].shrinkage is not None:

@@ -49,9 +49,10 @@ def origin_mask(dm: TimeSeriesDataModule, n: int, split: str = "test") -> tuple[
     return np.isin(times, pick), times
 
 
-def backtest(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: str = "test",
-             calibration: Calibration | None = None) -> dict:
-    """backtest.json's content: metrics per origin and overall, the model's and the seasonal-naive's."""
+def backtest_forecasts(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: str = "test",
+                       calibration: Calibration | None = None) -> tuple[dict, np.ndarray, str]:
+    """The backtest's forecasts (predict_windows' arrays, calibrated as served or tracked) of the windows
+    at `origins` evenly spaced origins of `split`, their origin times, and the split used."""
     if split == "test" and dm.hparams.test_start is None:
         split = "val"  # no test split (e.g. the stallion tutorial protocol): backtest validation
     series, starts = dm.windows(split)
@@ -66,6 +67,13 @@ def backtest(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: s
     if tracked:  # adaptive: the offsets at an origin are tracked over every window of the split before it
         p["pred"] = calibration.track(p["pred"], p["target"], p["mask"], p["scale"], p["series"], p["decoder_start"])
         p = {k: v[keep] for k, v in p.items()}
+    return p, times, split
+
+
+def backtest(module: TFTModule, dm: TimeSeriesDataModule, origins: int, split: str = "test",
+             calibration: Calibration | None = None) -> dict:
+    """backtest.json's content: metrics per origin and overall, the model's and the seasonal-naive's."""
+    p, times, split = backtest_forecasts(module, dm, origins, split, calibration)
     quantiles = list(module.hparams.quantiles)
     per_origin = []
     for t in np.unique(times):

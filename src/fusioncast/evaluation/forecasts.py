@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -14,7 +15,7 @@ from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.data.windows import BatchLoader
 from fusioncast.evaluation.metrics import forecast_metrics, seasonal_naive
 from fusioncast.models.module import TFTModule
-from fusioncast.postfit.calibration import METHODS, Calibration, cross_fit
+from fusioncast.postfit.calibration import METHODS, NONE, Calibration, cross_fit
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,12 @@ def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "
     (method conformal) the val and test blocks are of calibrated forecasts (the test block with
     offsets fitted on all of val; the val block cross-fitted, so that it is out of sample), the
     raw model's blocks move to `uncalibrated` and the fitted offsets to `calibration`. Method
-    adaptive then tracks the offsets online over each split's windows (Calibration.track); the
-    blocks before tracking go to `conformal_static`.
+    adaptive then tracks the offsets online over each split's windows (Calibration.track), as a
+    forecaster fed each actual would; the blocks before tracking go to `served`, since the fitted
+    offsets, applied as they are, are what the server (which sees no actuals) gives. With method
+    conformal `served` equals the val/test blocks. `coverage_p10_p90` sums up the P10-P90 coverage
+    per split: raw, served (static offsets) and tracked (null unless adaptive). Without a calibration
+    (method none) `calibration` is `{"method": "none", ...}`.
     """
     metrics: dict = {"baseline": {}, "seasonal_period": dm.seasonal_period}
     if dm.hparams.test_start is None:
@@ -89,7 +94,10 @@ def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "
     preds = {split: predict_split(module, dm, split) for split in splits}
     cal = fit_calibration(module, dm, calibration, preds.get("val"))
     if cal is not None:
-        metrics["calibration"], metrics["uncalibrated"] = cal.to_dict(), {}
+        metrics["calibration"], metrics["uncalibrated"], metrics["served"] = cal.to_dict(), {}, {}
+        coverage = metrics["coverage_p10_p90"] = {}
+    else:
+        metrics["calibration"] = copy.deepcopy(NONE)
     for split, p in preds.items():
         if cal is not None:
             metrics["uncalibrated"][split] = split_metrics(p, dm, quantiles)[0]
@@ -98,12 +106,16 @@ def evaluate_model(module: TFTModule, dm: TimeSeriesDataModule, splits=("val", "
                                  folds=calibration.get("folds", 5), **_fit_options(calibration))
             else:
                 pred = cal.apply(p["pred"], p["scale"])
+            metrics["served"][split] = split_metrics({**p, "pred": pred}, dm, quantiles)[0]
             if cal.step is not None:
-                metrics.setdefault("conformal_static", {})[split] = split_metrics({**p, "pred": pred}, dm, quantiles)[0]
                 pred = cal.track(pred, p["target"], p["mask"], p["scale"], p["series"], p["decoder_start"])
             p = {**p, "pred": pred}
         ours, base = split_metrics(p, dm, quantiles)
         metrics[split], metrics["baseline"][split] = ours, base
+        if cal is not None:
+            coverage[split] = {"raw": metrics["uncalibrated"][split]["coverage_p10_p90"],
+                               "served": metrics["served"][split]["coverage_p10_p90"],
+                               "tracked": ours["coverage_p10_p90"] if cal.step is not None else None}
     return metrics
 
 
@@ -115,4 +127,8 @@ def write_metrics(metrics: dict, output_dir: str | Path) -> Path:
         if split in metrics:
             log.info("%s: MAE %.4g (seasonal naive %.4g), coverage P10-P90 %.2f", split, metrics[split]["mae"],
                      metrics["baseline"][split]["mae"], metrics[split]["coverage_p10_p90"])
+            c = metrics.get("coverage_p10_p90", {}).get(split)
+            if c and c["tracked"] is not None:
+                log.info("%s: coverage P10-P90 raw %.2f, served (fitted offsets) %.2f, tracked %.2f", split, c["raw"],
+                         c["served"], c["tracked"])
     return path

@@ -76,6 +76,10 @@ class TemporalFusionTransformer(nn.Module):
         self.max_encoder_length = max_encoder_length
         self.max_prediction_length = max_prediction_length
         self.quantiles = [float(q) for q in quantiles]
+        if not self.quantiles or any(not 0 < q < 1 for q in self.quantiles) or any(
+                a >= b for a, b in zip(self.quantiles, self.quantiles[1:])):
+            raise ValueError("quantiles (model.quantiles) must be strictly increasing levels in (0, 1), "
+                             f"got {list(quantiles)}")
         self.num_static_categoricals = len(static_categorical_cardinalities)
         self.num_encoder_categoricals = len(encoder_categorical_cardinalities)
         self.num_known_categoricals = num_known_categoricals
@@ -176,6 +180,13 @@ class TemporalFusionTransformer(nn.Module):
         # stays) is scaled by a factor per quantile: 1 in training, then possibly shrunk towards the skip
         # alone on validation (fusioncast/postfit/shrinkage.py). A buffer, so checkpoints and the ONNX graph carry it.
         self.register_buffer("correction_scale", torch.ones(len(self.quantiles)))
+        # Outside training, forecasts leave sorted over the quantile axis, so no path downstream (evaluation,
+        # the exported graph, serving) sees crossed quantiles: a per-quantile correction_scale, or heads
+        # trained apart, can reorder them, and swapping two crossed quantiles only lowers the pinball loss
+        # (rearrangement, Chernozhukov et al. 2010). Training sees the heads as they are (sorting there too
+        # was no better on validation). False only inside fusioncast/postfit/shrinkage.py, whose search needs the
+        # forecasts affine in the factors.
+        self.sort_quantiles = True
         self._register_load_state_dict_pre_hook(self._default_correction_scale)
         self.register_buffer("positions", torch.arange(max_encoder_length), persistent=False)
 
@@ -225,7 +236,7 @@ class TemporalFusionTransformer(nn.Module):
         target_scale: Tensor,
         return_interpretation: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Quantile forecasts (B, H, Q) in target units.
+        """Quantile forecasts (B, H, Q) in target units, non-decreasing over Q (in eval mode).
 
         Shapes: static_cat (B, n_static_cat) int64, static_real (B, n_static_real),
         encoder_cat (B, L, n_encoder_cat) int64, encoder_real (B, L, 1 + n_known_real +
@@ -320,6 +331,8 @@ class TemporalFusionTransformer(nn.Module):
             out = linear(x, self.output.weight * self.correction_scale.unsqueeze(-1), self.output.bias)
             out = out + self._linear_skip(target, encoder_mask).unsqueeze(-1)
         quantiles = out * scale.unsqueeze(-1) + center.unsqueeze(-1)
+        if self.sort_quantiles and not self.training:
+            quantiles = quantiles.sort(dim=-1).values  # ONNX TopK (largest=0): the graph sorts as well
         if not return_interpretation:
             return quantiles
         return quantiles, static_weights, encoder_weights, decoder_weights, attention

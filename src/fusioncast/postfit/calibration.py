@@ -36,6 +36,13 @@ import numpy as np
 from fusioncast.quantiles import median_index
 
 METHODS = ("none", "conformal", "adaptive")
+# method adaptive's steps, as configs/calibration/adaptive.yaml has them (chosen there on validation)
+DEFAULT_STEP, DEFAULT_WIDTH_STEP = 0.01, 0.002
+# metrics.json's / bundle.json's `calibration` when calibration is off, so that both always say which one applies
+# where method adaptive's offsets are tracked after training: the server, from the actuals posted to it, and
+# batch scoring over a table's recent past
+TRACKED_BY = ["POST /v1/actuals", "fusioncast-predict replay=N"]
+NONE = {"method": "none", "served": {"applies": "nothing", "tracks": False, "tracked_by": None}}
 
 
 @dataclass
@@ -63,7 +70,7 @@ class Calibration:
     @classmethod
     def fit(cls, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, scale: np.ndarray, quantiles: list[float],
             per_horizon: bool = True, adjust_median: bool = False, method: str = "conformal",
-            step: float = 0.01, width_step: float = 0.002) -> "Calibration":
+            step: float = DEFAULT_STEP, width_step: float = DEFAULT_WIDTH_STEP) -> "Calibration":
         """Fit on forecasts pred (N, H, Q) of actuals target/mask (N, H), with the target scale (N,) of each
         window's series. A horizon step with no observed actual gets the offsets pooled over all steps.
         Method adaptive adds the tracking step: `step` / sqrt(h + 1) times the P10–P90 spread of the median's
@@ -97,12 +104,12 @@ class Calibration:
 
     def apply(self, pred: np.ndarray, target_scale: np.ndarray) -> np.ndarray:
         """Calibrated quantiles (N, H, Q) from pred (N, H, Q) in target units and the windows' target scale,
-        (N,) or (N, 2) as (center, scale). Quantiles stay ordered (offsets could cross them)."""
+        (N,) or (N, 2) as (center, scale). Quantiles stay ordered (offsets could cross them: `_ordered`)."""
         if pred.shape[-1] != len(self.quantiles) or pred.shape[-2] != self.offsets.shape[0]:
             raise ValueError(f"calibration fitted for (H, Q) = {self.offsets.shape}, forecasts are {pred.shape[1:]}")
         scale = window_scale(target_scale)
         out = pred + (self.offsets[None] * scale[:, None, None]).astype(pred.dtype)
-        return np.sort(out, axis=-1)
+        return _ordered(out, self.quantiles, keep_median=not self.fitted_on.get("adjust_median"))
 
     def track(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray, target_scale: np.ndarray,
               series: np.ndarray, decoder_start: np.ndarray) -> np.ndarray:
@@ -178,16 +185,15 @@ class Calibration:
 
     def finish(self, out: np.ndarray) -> np.ndarray:
         """Tracked forecasts (..., Q): quantiles do not cross the median (it is not tracked), in order."""
-        median = _is_median(self.quantiles)
-        if median.any() and not self.fitted_on.get("adjust_median"):
-            q = np.asarray(self.quantiles, np.float64)
-            m = out[..., median][..., :1]
-            out = np.where(q < 0.5, np.minimum(out, m), np.maximum(out, m))
-        return np.sort(out, axis=-1)
+        return _ordered(out, self.quantiles, keep_median=not self.fitted_on.get("adjust_median"))
 
     def to_dict(self) -> dict:
+        """metrics.json's / bundle.json's `calibration`; `served` says what the server and fusioncast-predict
+        apply: the fitted offsets, tracked online (method adaptive) from the actuals they are given."""
         d = {"method": self.method, "quantiles": self.quantiles, "offsets": self.offsets.tolist(),
-             "fitted_on": self.fitted_on}
+             "fitted_on": self.fitted_on,
+             "served": {"applies": "offsets", "tracks": self.step is not None,
+                        "tracked_by": TRACKED_BY if self.step is not None else None}}
         if self.step is not None:
             d["step"] = self.step.tolist()
             d["width_step"] = self.width_step
@@ -243,6 +249,17 @@ def _per_step(values: np.ndarray, mask: np.ndarray, stat, per_horizon: bool = Tr
             if mask[:, h].sum() >= 10:
                 out[h] = stat(values[:, h][mask[:, h]])
     return out
+
+
+def _ordered(out: np.ndarray, quantiles: list[float], keep_median: bool) -> np.ndarray:
+    """Quantiles (..., Q) in order: sorted over the last axis; with `keep_median` (the median is not
+    calibrated) the others first stop at the median, so that the point forecast stays as it was."""
+    median = _is_median(quantiles)
+    if keep_median and median.any():
+        m = out[..., median][..., :1]
+        below = np.asarray(quantiles, np.float64) < 0.5
+        out = np.where(below, np.minimum(out, m), np.maximum(out, m))
+    return np.sort(out, axis=-1)
 
 
 def _is_median(quantiles: list[float]) -> np.ndarray:

@@ -95,7 +95,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TF
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO, reading through `load` (the trainer's resume, `trainer.fit(ckpt_path=...)`)."""
 
-    def load_with_data(self, path, map_location=None, weights_only=None) -> dict:
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return load(path, map_location=map_location or "cpu")
 
 

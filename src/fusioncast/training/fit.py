@@ -5,6 +5,7 @@ refits (evaluation/refit.py) both fit through here."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from omegaconf import DictConfig
 
 from fusioncast.models.module import TFTModule
 from fusioncast.training import checkpoint
+from fusioncast.training.budget import parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,27 @@ class Fitted:
     trainer: L.Trainer
     callbacks: list
     shrinkage: dict | None
+    training: dict             # how the fit ended (training_summary)
+
+
+def training_summary(trainer: L.Trainer, budget, seconds: float) -> dict:
+    """metrics.json's `training` block: the budget, how long the fit took, how many epochs and steps it
+    ran, and what stopped it (budget, early_stopping or max_epochs)."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    early = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+    if budget is not None and timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0:
+        stopped_by = "budget"
+    elif early is not None and early.stopped_epoch > 0:
+        stopped_by = "early_stopping"
+    elif trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
+        stopped_by = "max_epochs"
+    else:
+        stopped_by = "other"  # max_steps, a KeyboardInterrupt, ...
+    ckpt = trainer.checkpoint_callback
+    score = getattr(ckpt, "best_model_score", None) if ckpt is not None else None
+    return {"budget_s": None if budget is None else budget.total_seconds(), "fit_s": round(seconds, 2),
+            "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "stopped_by": stopped_by,
+            "best_val_loss": None if score is None else float(score)}
 
 
 def build_module(cfg: DictConfig, dm) -> TFTModule:
@@ -54,12 +77,17 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None, i
         for c in callbacks:
             if isinstance(c, ModelCheckpoint):
                 c.dirpath = checkpoint_dir
+    budget = parse_budget(cfg.trainer.get("max_time"))  # `budget=15m` sets trainer.max_time (configs/train.yaml)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 plugins=[checkpoint.SafeCheckpointIO()])
+                                                 max_time=budget, plugins=[checkpoint.SafeCheckpointIO()])
     if isinstance(trainer.accelerator, CUDAAccelerator):
         torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
 
+    start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    training = training_summary(trainer, budget, time.perf_counter() - start)
+    if training["stopped_by"] == "budget":
+        log.info("training stopped by its budget (%s) after %d epochs", budget, training["epochs"])
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
@@ -67,17 +95,14 @@ def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None, i
         module = checkpoint.load_model(best, module.device)[0]
     shrinkage = None
     if trainer.is_global_zero and module.hparams.get("shrink_correction") and module.net.skip is not None:
-        from fusioncast.postfit.shrinkage import (
-            choose_correction_scale,
-            write_correction_scale,
-        )
+        from fusioncast.postfit.shrinkage import choose_correction_scale, write_correction_scale
 
         shrinkage = choose_correction_scale(module, dm)
         log.info("TFT correction of the linear skip scaled by %s (validation loss %.5g; %.5g at 1, %.5g at 0)",
                  shrinkage["factors"], shrinkage["loss"], shrinkage["loss_at_1"], shrinkage["loss_at_0"])
         if best:
             write_correction_scale(best, list(shrinkage["factors"].values()))
-    return Fitted(module, best, trainer, callbacks, shrinkage)
+    return Fitted(module, best, trainer, callbacks, shrinkage, training)
 
 
 def warm_start(module: TFTModule, init: TFTModule) -> None:
@@ -92,13 +117,10 @@ def warm_start(module: TFTModule, init: TFTModule) -> None:
 
 
 def fit_ensemble(cfg: DictConfig, dm, loggers: list, seeds: list[int]) -> tuple[TFTModule, str, list[Fitted], dict]:
-    """One member per seed (fusioncast/postfit/seed_ensemble.py), then the assembled ensemble, its checkpoint and a summary."""
+    """One member per seed (fusioncast/postfit/seed_ensemble.py), then the assembled ensemble, its checkpoint and a
+    summary."""
     from fusioncast.evaluation.forecasts import predict_split, split_metrics
-    from fusioncast.postfit.seed_ensemble import (
-        ENSEMBLE_FILE,
-        assemble,
-        write_checkpoint,
-    )
+    from fusioncast.postfit.seed_ensemble import ENSEMBLE_FILE, assemble, write_checkpoint
 
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     members = []
@@ -120,5 +142,6 @@ def fit_ensemble(cfg: DictConfig, dm, loggers: list, seeds: list[int]) -> tuple[
                  "val": split_metrics(predict_split(m.module, dm, "val"), dm, quantiles)[0]}
         if m.shrinkage is not None:
             entry["correction_scale"] = m.shrinkage["factors"]
+        entry["training"] = m.training
         summary["members"].append(entry)
     return module, best, members, summary
