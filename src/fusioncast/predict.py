@@ -2,10 +2,12 @@
 
 For every series of the table, forecasts the `max_prediction_length` steps after its last observed
 target. Rows after it (target empty) supply the known future inputs; calendar features are derived.
-The table goes through the same pandas path as training (schema.validate → grid → calendar →
-Preprocessor.transform), then through data.inference.assemble_window like a served request, so the
-server and this job give the same forecast for the same input. Output: a long table with the group
-ids, the time column and one column per quantile (`q0.1`, `q0.5`, `q0.9`), as parquet or CSV.
+Only the rows a forecast uses are read (batch.select), then validated and turned into windows chunk by
+chunk of series (batch.windows), giving the model inputs of training's pandas path (table_windows below:
+schema.validate → grid → calendar → Preprocessor.transform → data.inference.assemble_window, as a served
+request), so the server and this job give the same forecast for the same input. Output: a long table
+with the group ids, the time column and one column per quantile (`q0.1`, `q0.5`, `q0.9`), parquet or CSV.
+No Hydra and no torch unless backend=torch: it runs with the `serve` extra alone.
 
 With a bundle trained with calibration=adaptive, `replay=N` also forecasts the N origins before each
 series' last observation, whose actuals the table holds, and tracks the calibration offsets over
@@ -19,48 +21,36 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 
+from fusioncast.batch.select import OBSERVED_BEFORE, select
+from fusioncast.batch.windows import (
+    Replay,
+    Windows,
+    check_finite,
+    chunk_windows,
+    series_chunks,
+)
 from fusioncast.calibration import Calibration
 from fusioncast.data.frame import prepare_frame
 from fusioncast.data.grid import series_name
-from fusioncast.data.inference import INPUT_NAMES, assemble_window, nonfinite_windows, overflow_message, stack_windows
+from fusioncast.data.inference import (
+    INPUT_NAMES,
+    assemble_window,
+    nonfinite_windows,
+    overflow_message,
+    stack_windows,
+)
 from fusioncast.data.preprocess import Preprocessor
 from fusioncast.data.schema import SchemaError, validate
-from fusioncast.data.sources import read_table
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]  # named inputs -> quantiles (B, H, Q)
-
-
-@dataclasses.dataclass
-class Replay:
-    """Past windows of a table's series, whose actuals it holds (for tracking an adaptive calibration)."""
-
-    inputs: dict[str, np.ndarray]      # model inputs, batch = replayed windows
-    series: np.ndarray                 # (R,) index of each window's series in Windows.keys
-    decoder_start: np.ndarray          # (R,) first forecast step, in grid steps of its series
-    target: np.ndarray                 # (R, H) actuals (raw units), 0 where unobserved
-    mask: np.ndarray                   # (R, H) observed actuals
-
-
-@dataclasses.dataclass
-class Windows:
-    """The forecast window of every series of a table."""
-
-    keys: list[str]
-    groups: pd.DataFrame               # the group-id values of each series (one row per series)
-    inputs: dict[str, np.ndarray]      # model inputs, batch = series
-    times: np.ndarray                  # (S, H) datetime64[ns] forecast times
-    decoder_start: np.ndarray | None = None  # (S,) each forecast's first step, in grid steps of its series
-    replay: Replay | None = None
 
 
 def _extend(df: pd.DataFrame, pp: Preprocessor) -> pd.DataFrame:
@@ -83,28 +73,10 @@ def _extend(df: pd.DataFrame, pp: Preprocessor) -> pd.DataFrame:
     return pd.concat([df, *extra], ignore_index=True) if extra else df
 
 
-def check_finite(raw: pd.DataFrame, schema) -> None:
-    """Every real input of a validated table finite, as the server requires of a request (training fills
-    gaps; a value sent as NaN or infinite is a mistake to name, not one to fill): only the target may be
-    empty, and never infinite."""
-    times = raw[schema.time_col]
-    for col in schema.static_reals + schema.time_varying_known_reals + schema.time_varying_unknown_reals + [
-            schema.target]:
-        values = raw[col].to_numpy(np.float64)
-        bad = np.isinf(values) if col == schema.target else ~np.isfinite(values)
-        if bad.any():
-            row = int(np.argmax(bad))
-            group = tuple(raw[c].iloc[row] for c in schema.group_ids)
-            what = "the target may be empty, never infinite" if col == schema.target else (
-                "a covariate must be a finite number in every row, as in a request to the server; only the target "
-                "may be empty")
-            raise SchemaError(f"series {series_name(schema, group)}: column '{col}' is {raw[col].iloc[row]} at "
-                              f"{times.iloc[row]} (row {row}): {what}")
-
-
 def table_windows(df: pd.DataFrame, pp: Preprocessor, replay: int = 0) -> Windows:
     """Encode a raw table (history + future rows) into one forecast window per series, and with `replay`
-    the windows of up to that many origins before it per series (Windows.replay)."""
+    the windows of up to that many origins before it per series (Windows.replay), through training's
+    pandas path over every row: the reference that batch.windows.chunk_windows is tested against."""
     schema = dataclasses.replace(pp.schema, freq=pp.freq)  # the model's grid, never a re-inferred one
     L, H = schema.max_encoder_length, schema.max_prediction_length
     known = schema.time_varying_known_categoricals + schema.time_varying_known_reals
@@ -263,37 +235,68 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def predict(cfg: DictConfig) -> pd.DataFrame:
-    """Score cfg.input with the bundle (backend=onnx) or the checkpoint (backend=torch); write cfg.output."""
-    if cfg.backend == "onnx":
-        if not cfg.bundle:
+def runner(cfg: Mapping) -> tuple[Preprocessor, list[float], Runner, Calibration | None]:
+    """The model of the options: the bundle through onnxruntime, or (backend=torch) the checkpoint."""
+    if cfg["backend"] == "onnx":
+        if not cfg["bundle"]:
             raise ValueError("backend=onnx needs bundle=DIR")
-        pp, quantiles, run, calibration = onnx_runner(cfg.bundle, cfg.variant, cfg.threads, cfg.get("bundle_sha256"))
-    elif cfg.backend == "torch":
-        if not cfg.ckpt_path:
+        return onnx_runner(cfg["bundle"], cfg["variant"], cfg["threads"], cfg.get("bundle_sha256"))
+    if cfg["backend"] == "torch":
+        if not cfg["ckpt_path"]:
             raise ValueError("backend=torch needs ckpt_path=FILE")
-        pp, quantiles, run, calibration = torch_runner(cfg.ckpt_path)
-    else:
-        raise ValueError(f"backend must be onnx or torch, got {cfg.backend!r}")
-    replay = cfg.get("replay") or 0
-    if not isinstance(replay, int) or isinstance(replay, bool):
-        raise ValueError(f"replay must be a whole number of past origins per series, got {replay!r}")
+        return torch_runner(cfg["ckpt_path"])
+    raise ValueError(f"backend must be onnx or torch, got {cfg['backend']!r}")
+
+
+def whole_number(value, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what}, got {value!r}")
+    return value
+
+
+def score(source, pp: Preprocessor, quantiles: list[float], run: Runner, batch_size: int = 1024,
+          calibration: Calibration | None = None, replay: int = 0, chunk_size: int = 4096) -> pd.DataFrame:
+    """The forecasts of every series of `source` (a DataFrame or a .parquet/.csv file): the rows they use
+    are selected, validated, and scored `chunk_size` series at a time. A pure function of the series it
+    is given (the Spark job runs it on each group of whole series)."""
+    schema = dataclasses.replace(pp.schema, freq=pp.freq)
+    raw = validate(select(source, schema, pp.freq, replay), schema, keep=(OBSERVED_BEFORE,))
+    parts = [forecast_table(chunk_windows(chunk, pp, replay), pp, quantiles, run, batch_size, calibration)
+             for chunk in series_chunks(raw, schema, chunk_size)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def predict(cfg: Mapping) -> pd.DataFrame:
+    """Score cfg.input with the bundle (backend=onnx) or the checkpoint (backend=torch); write cfg.output.
+    `cfg`: the options of configs/predict.yaml (a dict, or the DictConfig Hydra composes)."""
+    if cfg.get("engine", "local") == "spark":
+        from fusioncast.batch.spark import predict_spark
+
+        return predict_spark(cfg)
+    if cfg.get("engine", "local") != "local":
+        raise ValueError(f"engine must be local or spark, got {cfg.get('engine')!r}")
+    replay = whole_number(cfg.get("replay") or 0, "replay must be a whole number of past origins per series")
+    chunk_size = whole_number(cfg.get("chunk_size") or 4096, "chunk_size must be a whole number of series")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 series, got {chunk_size}")
+    pp, quantiles, run, calibration = runner(cfg)
     if replay:
         check_replay(calibration, replay)  # before any work is done
-    windows = table_windows(read_table(cfg.input), pp, replay)
-    table = forecast_table(windows, pp, quantiles, run, cfg.batch_size, calibration)
-    if cfg.output:
+    table = score(cfg["input"], pp, quantiles, run, cfg["batch_size"], calibration, replay, chunk_size)
+    if cfg["output"]:
         log.info("wrote %d forecasts of %d series to %s", len(table),
-                 len(table) // pp.schema.max_prediction_length, write_table(table, cfg.output))
+                 len(table) // pp.schema.max_prediction_length, write_table(table, cfg["output"]))
     return table
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="predict.yaml")
-def main(cfg: DictConfig) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`fusioncast-predict key=value ...` (the keys of configs/predict.yaml)."""
+    from fusioncast.batch.options import parse
     from fusioncast.serve.bundle import BundleError
 
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
-        predict(cfg)
+        predict(parse(sys.argv[1:] if argv is None else argv))
     except (ValueError, BundleError, OSError) as e:  # the input's or the bundle's fault: one line, exit 1
         sys.exit(f"fusioncast-predict: {e}")
 
