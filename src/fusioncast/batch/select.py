@@ -3,15 +3,13 @@
 Per series a forecast uses the last `max_encoder_length` grid steps up to its last observed target (and
 `replay` more for replayed origins), the `max_prediction_length` future rows after it, and, when the
 first of those steps is a gap, the last row before it (training's grid carries its covariates forward
-into the gap). Two passes find them: the first reads the group ids, the time and the target and keeps
-each series' last (and first) observed time; the second keeps the rows in each series' bounds and the
-latest row before them. A parquet file is read column-pruned, in row batches; a CSV in chunks.
+into the gap). One pass finds them (select). A parquet file is read column-pruned in row batches, kept in
+Arrow until rows are taken; a CSV in chunks.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +31,66 @@ def _categorical_columns(schema: Schema) -> list[str]:
                               + schema.time_varying_unknown_categoricals))
 
 
-def table_batches(source, schema: Schema, rows: int = BATCH_ROWS) -> Callable[[], Iterator[pd.DataFrame]]:
-    """A function giving the used columns of the table in batches of rows (indexed by row number), as often
-    as it is called: `source` is a DataFrame, or a .parquet or .csv file."""
+class Batch:
+    """Rows of the table (numbered from `offset`): their series, times and observed targets as numpy, and
+    any rows of them as a DataFrame. Parquet batches stay in Arrow until rows are taken; DataFrames and
+    CSV chunks go through validate's own parsing."""
+
+    def __init__(self, data, schema: Schema, offset: int = 0):
+        self.data, self.schema, self.offset = data, schema, offset
+        self.arrow = not isinstance(data, pd.DataFrame)
+
+    def __len__(self) -> int:
+        return self.data.num_rows if self.arrow else len(self.data)
+
+    def _frame(self, cols: list[str]) -> pd.DataFrame:
+        if not self.arrow:
+            return self.data
+        df = pd.DataFrame({c: self.data.column(c).to_pandas() for c in cols})
+        df.index = pd.RangeIndex(self.offset, self.offset + len(df))
+        return df
+
+    def times(self) -> np.ndarray:
+        """int64 ns, naive; a time that is empty, unparseable or beyond datetime64[ns]: validate's error."""
+        s = self.schema
+        if self.arrow:
+            import pyarrow as pa
+
+            col = self.data.column(s.time_col)
+            if pa.types.is_timestamp(col.type) and col.type.tz is None and col.null_count == 0:
+                try:
+                    return col.cast(pa.timestamp("ns")).to_numpy().view(np.int64)
+                except pa.ArrowInvalid:  # out of range: validate's error names the row and series
+                    pass
+        return ns(parse_times(self._frame([s.time_col, *s.group_ids]), s))
+
+    def observed(self) -> np.ndarray:
+        s = self.schema
+        y = self.data.column(s.target).to_pandas() if self.arrow else self.data[s.target]
+        if not pd.api.types.is_numeric_dtype(y):
+            y = pd.to_numeric(y, errors="coerce")  # what is not a number fails validation if a forecast reads it
+        return y.notna().to_numpy()
+
+    def group(self, col: str):
+        return self.data.column(col).to_pandas() if self.arrow else self.data[col]
+
+    def take(self, rows: np.ndarray) -> pd.DataFrame:
+        if not self.arrow:
+            return self.data.iloc[rows]
+        import pyarrow as pa
+
+        df = self.data.take(pa.array(rows)).to_pandas()
+        df.index = self.offset + rows
+        return df
+
+
+def table_batches(source, schema: Schema, rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """The used columns of the table in batches of rows: `source` is a DataFrame, or a .parquet or .csv file."""
     if isinstance(source, pd.DataFrame):
         if source.empty:
             raise SchemaError(f"the table has no rows (columns: {list(source.columns)})")
-        frame = source[used_columns(schema, source.columns)]
-        return lambda: iter([frame])
+        yield Batch(source[used_columns(schema, source.columns)], schema)
+        return
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -48,24 +98,19 @@ def table_batches(source, schema: Schema, rows: int = BATCH_ROWS) -> Callable[[]
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        names = pq.ParquetFile(path).schema_arrow.names
-        if pq.ParquetFile(path).metadata.num_rows == 0:
-            raise SchemaError(f"data file {path} has no rows (columns: {names})")
-        cols = used_columns(schema, names)
-        arrow = pq.ParquetFile(path).schema_arrow
+        file = pq.ParquetFile(path)
+        arrow = file.schema_arrow
+        if file.metadata.num_rows == 0:
+            raise SchemaError(f"data file {path} has no rows (columns: {arrow.names})")
+        cols = used_columns(schema, arrow.names)
         # text categoricals as dictionaries: pandas categoricals, no Python string per row
         text = [c for c in _categorical_columns(schema) if pa.types.is_string(arrow.field(c).type)
                 or pa.types.is_large_string(arrow.field(c).type)]
-
-        def parquet() -> Iterator[pd.DataFrame]:
-            offset = 0
-            for batch in pq.ParquetFile(path, read_dictionary=text).iter_batches(batch_size=rows, columns=cols):
-                df = batch.to_pandas()
-                df.index = pd.RangeIndex(offset, offset + len(df))
-                offset += len(df)
-                yield df
-
-        return parquet
+        offset = 0
+        for batch in pq.ParquetFile(path, read_dictionary=text).iter_batches(batch_size=rows, columns=cols):
+            yield Batch(batch, schema, offset)
+            offset += batch.num_rows
+        return
     if path.suffix in (".csv", ".gz", ".txt"):
         try:
             head = pd.read_csv(path, nrows=1)
@@ -74,7 +119,9 @@ def table_batches(source, schema: Schema, rows: int = BATCH_ROWS) -> Callable[[]
         if head.empty:
             raise SchemaError(f"data file {path} has no rows (columns: {list(head.columns)})")
         cols = used_columns(schema, head.columns)
-        return lambda: (chunk[cols] for chunk in pd.read_csv(path, usecols=cols, chunksize=rows))
+        for chunk in pd.read_csv(path, usecols=cols, chunksize=rows):
+            yield Batch(chunk[cols], schema)
+        return
     raise SchemaError(f"cannot read '{path}': use a .csv or .parquet file")
 
 
@@ -85,17 +132,18 @@ class SeriesIds:
     def __init__(self, schema: Schema):
         self.cols, self.index, self.keys = schema.group_ids, {}, []
 
-    def __call__(self, df: pd.DataFrame) -> np.ndarray:
+    def __call__(self, batch: Batch) -> np.ndarray:
         if not self.cols:
             if not self.keys:
                 self.index[()] = 0
                 self.keys.append(())
-            return np.zeros(len(df), np.int64)
+            return np.zeros(len(batch), np.int64)
         codes, uniques = [], []
         for col in self.cols:
-            code, values = pd.factorize(df[col])
+            code, values = pd.factorize(batch.group(col))
             if (code < 0).any():
-                raise SchemaError(f"column '{col}' (group_ids) has an empty value at row {df.index[np.argmax(code < 0)]}")
+                raise SchemaError(f"column '{col}' (group_ids) has an empty value at row "
+                                  f"{batch.offset + int(np.argmax(code < 0))}")
             codes.append(code)
             uniques.append(pd.Index(values).astype(str).tolist())
         if len(codes) == 1:
@@ -134,60 +182,74 @@ def shift(t: np.ndarray, steps: int, freq: str) -> np.ndarray:
     return out
 
 
-@dataclasses.dataclass
-class Bounds:
-    """Per series (in SeriesIds order): the first and last time a forecast reads."""
-
-    lo: np.ndarray
-    hi: np.ndarray
-    observed_before: np.ndarray  # an observed target before lo
-
-
 def _grow(a: np.ndarray, n: int, fill: int) -> np.ndarray:
     return a if len(a) >= n else np.r_[a, np.full(n - len(a), fill, np.int64)]
 
 
-def bounds(batches: Callable[[], Iterator[pd.DataFrame]], schema: Schema, freq: str, ids: SeriesIds,
-           replay: int = 0) -> Bounds:
-    """The first pass: each series' last observed target, hence the steps its forecast reads."""
-    last, first = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    for df in batches():
-        sid, t = ids(df), ns(parse_times(df, schema))
-        y = df[schema.target]
-        observed = (y if pd.api.types.is_numeric_dtype(y) else pd.to_numeric(y, errors="coerce")).notna().to_numpy()
-        last, first = _grow(last, len(ids.keys), _NONE), _grow(first, len(ids.keys), np.iinfo(np.int64).max)
-        np.maximum.at(last, sid[observed], t[observed])
-        np.minimum.at(first, sid[observed], t[observed])
-    none = np.flatnonzero(last == _NONE)
-    if len(none):
-        raise SchemaError(f"series {series_name(schema, ids.keys[none[0]])}: no observed '{schema.target}' value to "
-                          "forecast from")
-    lo = shift(last, -(schema.max_encoder_length - 1 + replay), freq)
-    return Bounds(lo, shift(last, schema.max_prediction_length, freq), first < lo)
+class _Rows:
+    """Rows taken from the batches, with their series and times."""
+
+    def __init__(self, frame: pd.DataFrame | None = None, sid=None, t=None):
+        self.frame, self.sid, self.t = frame, sid, t
+
+    def __add__(self, other: _Rows) -> _Rows:
+        if self.frame is None:
+            return other
+        if other.frame is None:
+            return self
+        return _Rows(pd.concat([self.frame, other.frame]), np.r_[self.sid, other.sid], np.r_[self.t, other.t])
+
+    def where(self, keep: np.ndarray) -> _Rows:
+        return _Rows(self.frame[keep], self.sid[keep], self.t[keep]) if self.frame is not None else self
+
+    def latest(self) -> _Rows:
+        """The latest row of each series."""
+        if self.frame is None:
+            return self
+        last = _latest(self.sid, self.t)
+        return _Rows(self.frame.iloc[last], self.sid[last], self.t[last])
+
+
+def _latest(sid: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Positions of each series' latest row."""
+    order = np.lexsort((t, sid))
+    return order[np.r_[sid[order][1:] != sid[order][:-1], True]]
 
 
 def select(source, schema: Schema, freq: str, replay: int = 0, rows: int = BATCH_ROWS) -> pd.DataFrame:
     """The rows of `source` (DataFrame or file) that the forecasts of its series read, with the column
-    OBSERVED_BEFORE; in no particular order (validate sorts them)."""
-    batches = table_batches(source, schema, rows)
+    OBSERVED_BEFORE; in no particular order (validate sorts them).
+
+    One pass: a series' last observed target only moves later, so a row before the encoder window of the
+    last one seen so far is never read (but the latest such row, for a gap at the window's start)."""
+    L, H = schema.max_encoder_length, schema.max_prediction_length
     ids = SeriesIds(schema)
-    b = bounds(batches, schema, freq, ids, replay)
-    kept, before, before_sid, before_t = [], None, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    for df in batches():
-        sid, t = ids(df), ns(parse_times(df, schema))
-        lo = b.lo[sid]
-        inside = (t >= lo) & (t <= b.hi[sid])
-        kept.append(df[inside].assign(**{OBSERVED_BEFORE: b.observed_before[sid[inside]]}))
-        earlier = np.flatnonzero(t < lo)
-        if len(earlier):  # the latest earlier row of each series, against the best of the batches before
-            rows_ = df.iloc[earlier].assign(**{OBSERVED_BEFORE: b.observed_before[sid[earlier]]})
-            cand_sid, cand_t = sid[earlier], t[earlier]
-            if before is not None:
-                rows_ = pd.concat([before, rows_])
-                cand_sid, cand_t = np.r_[before_sid, cand_sid], np.r_[before_t, cand_t]
-            order = np.lexsort((cand_t, cand_sid))
-            latest = order[np.r_[cand_sid[order][1:] != cand_sid[order][:-1], True]]
-            before, before_sid, before_t = rows_.iloc[latest], cand_sid[latest], cand_t[latest]
-    if before is not None:
-        kept.append(before)
-    return pd.concat(kept)
+    last, first = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    kept, before = _Rows(), _Rows()
+    for batch in table_batches(source, schema, rows):
+        sid, t, observed = ids(batch), batch.times(), batch.observed()
+        last, first = _grow(last, len(ids.keys), _NONE), _grow(first, len(ids.keys), np.iinfo(np.int64).max)
+        np.maximum.at(last, sid[observed], t[observed])
+        np.minimum.at(first, sid[observed], t[observed])
+        lo = np.where(last == _NONE, _MIN, shift(last, -(L - 1 + replay), freq))
+        inside = t >= lo[sid]
+        new = _Rows(batch.take(np.flatnonzero(inside)), sid[inside], t[inside])
+        earlier = np.flatnonzero(~inside)
+        if len(earlier):  # only each series' latest earlier row is taken from the batch
+            best = np.full(len(ids.keys), _NONE)
+            np.maximum.at(best, sid[earlier], t[earlier])  # O(rows), where sorting would be O(rows log rows)
+            cand = earlier[t[earlier] == best[sid[earlier]]]
+            before = (before + _Rows(batch.take(cand), sid[cand], t[cand])).latest()
+        kept = kept + new
+        below = kept.t < lo[kept.sid] if kept.frame is not None else np.zeros(0, bool)
+        if below.any():
+            before = (before + kept.where(below)).latest()
+            kept = kept.where(~below)
+    none = np.flatnonzero(last == _NONE)
+    if len(none):
+        raise SchemaError(f"series {series_name(schema, ids.keys[none[0]])}: no observed '{schema.target}' value to "
+                          "forecast from")
+    lo = shift(last, -(L - 1 + replay), freq)
+    kept = kept.where(kept.t <= shift(last, H, freq)[kept.sid])  # future rows past the horizon are not read
+    out = kept + before
+    return out.frame.assign(**{OBSERVED_BEFORE: (first < lo)[out.sid]})
