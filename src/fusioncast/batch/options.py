@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "predict.yaml"
-INTEGERS = ("threads", "batch_size", "replay", "chunk_size")
+INTEGERS = ("threads", "batch_size", "replay", "chunk_size", "spark_buckets")
 REQUIRED = "???"
 _LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):\s*(.*?)\s*$")
 
