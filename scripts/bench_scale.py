@@ -1,0 +1,99 @@
+"""How batch scoring's cost grows with the number of series and the length of their history.
+
+    python scripts/bench_scale.py --zones 12 263 1000            # train, then score, per size
+    python scripts/bench_scale.py --zones 1000 --days 91 182 365  # memory against history length
+
+For each size: `fusioncast-train data=synthetic data.synthetic.n_zones=N data.synthetic.days=D
+trainer.max_epochs=1 trainer.limit_train_batches=100 data.eval_stride=24` (wall, peak RSS), the same
+generated table with each zone's last 24 targets blanked written as parquet, then `fusioncast-predict` on
+it as a command (wall and peak RSS with start-up) and the scorer in this process (predict.score on the
+file with the bundle loaded: series/s, start-up excluded, median of --repeats). A bundle trained once per
+zone count is reused for the other history lengths (`--reuse`). Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GB) of a command, from wait4's rusage of that process alone."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "WANDB_MODE": "offline"}
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1e6  # KiB on Linux -> GB (1e6 KiB ~ 1.02 GB)
+
+
+def table(zones: int, days: int, path: Path) -> int:
+    """The training table with each zone's last 24 targets blanked, as parquet; its row count."""
+    from fusioncast.data.synthetic import make_taxi_demand
+
+    df = make_taxi_demand(n_zones=zones, days=days)
+    last = df.groupby("zone").timestamp.transform("max")
+    df.loc[df.timestamp > last - pd.Timedelta(hours=24), "pickups"] = np.nan
+    df.to_parquet(path, index=False)
+    return len(df)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--zones", type=int, nargs="+", default=[12, 263, 1000])
+    p.add_argument("--days", type=int, nargs="+", default=[365])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
+    p.add_argument("--work", type=Path, help="folder for runs and tables (default: a temporary one)")
+    args = p.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    py = sys.executable
+    rows = []
+    for zones in args.zones:
+        run_dir = work / f"train-{zones}"
+        train = ("", "")
+        if not (run_dir / "bundle" / "bundle.json").is_file():
+            wall, rss = timed([py, "-m", "fusioncast.train", "data=synthetic", f"data.synthetic.n_zones={zones}",
+                               f"data.synthetic.days={max(args.days)}", "trainer.max_epochs=1",
+                               "trainer.limit_train_batches=100", "data.eval_stride=24",
+                               f"hydra.run.dir={run_dir}"])
+            train = (f"{wall:.0f} s", f"{rss:.2f} GB")
+        for days in args.days:
+            path = work / f"table-{zones}-{days}.parquet"
+            n_rows = table(zones, days, path)
+            wall, rss = timed([py, "-m", "fusioncast.predict", f"bundle={run_dir / 'bundle'}", f"input={path}",
+                               f"output={work / 'forecasts.parquet'}", f"threads={args.threads}"])
+            from fusioncast.predict import onnx_runner, score
+
+            pp, quantiles, run, calibration = onnx_runner(str(run_dir / "bundle"), threads=args.threads)
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                out = score(path, pp, quantiles, run, 1024, calibration)
+                times.append(time.perf_counter() - t0)
+            series = len(out) // pp.schema.max_prediction_length
+            rows.append((zones, days, n_rows, *train, f"{wall:.1f} s", f"{rss:.2f} GB",
+                         f"{series / np.median(times):,.0f}"))
+            train = ("", "")
+    print(f"load: {os.getloadavg()[0]:.2f} (1-min average at the end)\n")
+    print("| zones | days | rows | train wall | train peak RSS | predict wall | predict peak RSS | scorer series/s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for zones, days, n_rows, tw, tr, pw, pr, sps in rows:
+        print(f"| {zones:,} | {days} | {n_rows:,} | {tw} | {tr} | {pw} | {pr} | {sps} |")
+
+
+if __name__ == "__main__":
+    main()
