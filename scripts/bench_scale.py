@@ -7,7 +7,8 @@ For each size: `fusioncast-train data=synthetic data.synthetic.n_zones=N data.sy
 trainer.max_epochs=1 trainer.limit_train_batches=100 data.eval_stride=24` (wall, peak RSS), the same
 generated table with each zone's last 24 targets blanked written as parquet, then `fusioncast-predict` on
 it as a command (wall and peak RSS with start-up) and the scorer in this process (predict.score on the
-file with the bundle loaded: series/s, start-up excluded, median of --repeats). A bundle trained once per
+file with the bundle loaded: series/s, start-up excluded, median of --repeats; with --old also the pandas
+path over every row that the job used before, once). A bundle trained once per
 zone count is reused for the other history lengths (`--reuse`). Prints one markdown table.
 """
 
@@ -51,12 +52,34 @@ def table(zones: int, days: int, path: Path) -> int:
     return len(df)
 
 
+def breakdown(path: Path, pp, quantiles, run, calibration) -> tuple[float, float, float]:
+    """Seconds of predict.score's stages: reading and selecting the rows, validation and windows, the model."""
+    import dataclasses
+
+    from fusioncast.batch.select import OBSERVED_BEFORE, select
+    from fusioncast.batch.windows import chunk_windows, series_chunks
+    from fusioncast.data.schema import validate
+    from fusioncast.predict import forecast_table
+
+    schema = dataclasses.replace(pp.schema, freq=pp.freq)
+    t0 = time.perf_counter()
+    rows = select(path, schema, pp.freq)
+    t1 = time.perf_counter()
+    windows = [chunk_windows(c, pp) for c in series_chunks(validate(rows, schema, keep=(OBSERVED_BEFORE,)), schema,
+                                                           4096)]
+    t2 = time.perf_counter()
+    for w in windows:
+        forecast_table(w, pp, quantiles, run, 1024, calibration)
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--zones", type=int, nargs="+", default=[12, 263, 1000])
     p.add_argument("--days", type=int, nargs="+", default=[365])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
+    p.add_argument("--old", action="store_true", help="also time the pandas path over every row (table_windows), once")
     p.add_argument("--work", type=Path, help="folder for runs and tables (default: a temporary one)")
     args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -79,20 +102,32 @@ def main(argv: list[str] | None = None) -> None:
             from fusioncast.predict import onnx_runner, score
 
             pp, quantiles, run, calibration = onnx_runner(str(run_dir / "bundle"), threads=args.threads)
-            times = []
+            times, stages = [], []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 out = score(path, pp, quantiles, run, 1024, calibration)
                 times.append(time.perf_counter() - t0)
+                stages.append(breakdown(path, pp, quantiles, run, calibration))
             series = len(out) // pp.schema.max_prediction_length
+            select_s, windows_s, model_s = np.median(stages, axis=0)
+            old = ""
+            if args.old:
+                from fusioncast.data.sources import read_table
+                from fusioncast.predict import forecast_table, table_windows
+
+                t0 = time.perf_counter()
+                forecast_table(table_windows(read_table(path), pp), pp, quantiles, run, 1024, calibration)
+                old = f"{series / (time.perf_counter() - t0):,.0f}"
             rows.append((zones, days, n_rows, *train, f"{wall:.1f} s", f"{rss:.2f} GB",
-                         f"{series / np.median(times):,.0f}"))
+                         f"{series / np.median(times):,.0f}", f"{select_s:.2f} / {windows_s:.2f} / {model_s:.2f} s",
+                         old))
             train = ("", "")
     print(f"load: {os.getloadavg()[0]:.2f} (1-min average at the end)\n")
-    print("| zones | days | rows | train wall | train peak RSS | predict wall | predict peak RSS | scorer series/s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for zones, days, n_rows, tw, tr, pw, pr, sps in rows:
-        print(f"| {zones:,} | {days} | {n_rows:,} | {tw} | {tr} | {pw} | {pr} | {sps} |")
+    print("| zones | days | rows | train wall | train peak RSS | predict wall | predict peak RSS | scorer series/s "
+          "| read+select / windows / model | pandas path series/s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for zones, days, n_rows, tw, tr, pw, pr, sps, parts, old in rows:
+        print(f"| {zones:,} | {days} | {n_rows:,} | {tw} | {tr} | {pw} | {pr} | {sps} | {parts} | {old} |")
 
 
 if __name__ == "__main__":

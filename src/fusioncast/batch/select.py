@@ -66,6 +66,12 @@ class Batch:
 
     def observed(self) -> np.ndarray:
         s = self.schema
+        if self.arrow:
+            import pyarrow as pa
+
+            col = self.data.column(s.target)
+            if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+                return ~np.isnan(col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False))  # nulls: NaN
         y = self.data.column(s.target).to_pandas() if self.arrow else self.data[s.target]
         if not pd.api.types.is_numeric_dtype(y):
             y = pd.to_numeric(y, errors="coerce")  # what is not a number fails validation if a forecast reads it
