@@ -294,9 +294,16 @@ def main(argv: list[str] | None = None) -> None:
     from fusioncast.batch.options import parse
     from fusioncast.serve.bundle import BundleError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        from fusioncast.batch.options import defaults
+
+        print(__doc__.split("\n\n")[0] + "\n\noptions (configs/predict.yaml):\n" +
+              "\n".join(f"  {k}={v}" for k, v in defaults().items()))
+        return
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
-        predict(parse(sys.argv[1:] if argv is None else argv))
+        predict(parse(argv))
     except (ValueError, BundleError, OSError) as e:  # the input's or the bundle's fault: one line, exit 1
         sys.exit(f"fusioncast-predict: {e}")
 
