@@ -29,16 +29,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of a command, from wait4's rusage of that process alone."""
+    """(wall seconds, peak RSS in GB) of a command, measured by GNU time around it: the rusage of a child
+    forked from this (large) process would count the parent's pages it held before exec."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "WANDB_MODE": "offline"}
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1e6  # KiB on Linux -> GB (1e6 KiB ~ 1.02 GB)
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        t0 = time.perf_counter()
+        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {p.stderr.decode()[-2000:]}")
+        return wall, int(rss.read().split()[-1]) / 1e6  # KiB -> GB (1e6 KiB ~ 1.02 GB)
 
 
 def table(zones: int, days: int, path: Path) -> int:
