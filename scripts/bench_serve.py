@@ -113,9 +113,9 @@ def build_model(workdir: Path) -> tuple[Path, str]:
 
 def stallion_requests(bundle_dir: Path) -> tuple[list[dict], "object"]:
     """One request series per stallion series (origin 2017-06-01), and the same windows as model inputs."""
+    from fusioncast.batch.score import table_windows
     from fusioncast.data.schema import validate
     from fusioncast.data.sources import locate
-    from fusioncast.predict import table_windows
     from fusioncast.serve.bundle import Bundle
     from fusioncast.serve.requests import series_payload
 

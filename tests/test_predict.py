@@ -81,8 +81,8 @@ def adaptive_bundle(rb, path, step: float):
 
 
 def test_replay_tracks_the_calibration_over_the_forecasts_of_earlier_origins(real_bundle, tmp_path):
+    from fusioncast.batch.score import table_windows
     from fusioncast.postfit.calibration import Calibration
-    from fusioncast.predict import table_windows
     from fusioncast.serve.bundle import Bundle
 
     rb = real_bundle("nyc_taxi")

@@ -87,7 +87,7 @@ class SeriesTensors:
         t = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=self.device)  # noqa: E731
         self.static_cat = t(enc.static_cat)
         self.static_real = t(enc.static_real, dtype)
-        self.cat = t(enc.cat)
+        self.cat = t(enc.cat)  # the small code dtype of Preprocessor.transform: cast per gathered batch
         self.real = t(enc.real, dtype)
         self.observed = t(enc.observed)
         self.target_scale = t(enc.target_scale, dtype)
@@ -101,7 +101,7 @@ class SeriesTensors:
         s = series[:, None]
         # steps before a series' start (short encoders) read step 0 and are masked out
         tc = t.clamp_min(0)
-        cat, real, obs = self.cat[s, tc], self.real[s, tc], self.observed[s, tc] & (t >= 0)
+        cat, real, obs = self.cat[s, tc].long(), self.real[s, tc], self.observed[s, tc] & (t >= 0)
         if target_factor is not None:  # real is the gather's own copy
             real[..., 0] *= target_factor.to(real)
         target_scale = self.target_scale[series]
