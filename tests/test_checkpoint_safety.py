@@ -71,8 +71,7 @@ def test_every_entry_point_refuses_a_crafted_checkpoint(files, tmp_path):
         export.main(compose_config("export.yaml", tmp_path / "export", [f"ckpt_path={crafted}"]))
     # fusioncast-predict's main answers a refused file as one line and exit status 1 (predict.main)
     with pytest.raises(SystemExit, match=r"fusioncast-predict: .*refused to load.*names exec"):
-        predict.main(compose_config("predict.yaml", tmp_path / "predict", [
-            "backend=torch", f"ckpt_path={crafted}", f"input={tmp_path / 'unread.csv'}", "output=null"]))
+        predict.main(["backend=torch", f"ckpt_path={crafted}", f"input={tmp_path / 'unread.csv'}", "output=null"])
     logs = sorted((real.parents[1] / "csv").iterdir())  # the resume would continue the checkpoint's run
     with refused(marker):
         train.main(compose_config("train.yaml", tmp_path / "resume", TINY + [f"ckpt_path={crafted}"]))

@@ -58,7 +58,8 @@ def test_refit_block_scores_the_test_windows(tmp_path):
 
 def test_warm_started_refits_fine_tune_the_model_before(tmp_path):
     from fusioncast.models.module import TFTModule
-    from fusioncast.train import train, warm_start
+    from fusioncast.train import train
+    from fusioncast.training.fit import warm_start
 
     cfg = compose_config("train.yaml", tmp_path, TINY + ["refit.every=2D", "refit.warm_start=true", "refit.max_epochs=1"])
     metrics = train(cfg)

@@ -54,4 +54,5 @@ def test_spark_forecasts_equal_the_single_process_job(real_bundle, spark, tmp_pa
     for got in (buckets, per_series):
         assert list(got.columns) == list(local.columns)
         pd.testing.assert_frame_equal(got[KEYS], local[KEYS])
-        np.testing.assert_allclose(got[Q].to_numpy(), local[Q].to_numpy(), rtol=1e-6, atol=1e-6)
+        # float32 graphs over batches of other sizes sum in another order: equal to a few ulps of the forecast
+        np.testing.assert_allclose(got[Q].to_numpy(), local[Q].to_numpy(), rtol=1e-5, atol=1e-5)
