@@ -7,7 +7,7 @@ split with the same budget, the seasonal-naive baseline and the published figure
 
 Every protocol is an experiment config (configs/experiment/): `stallion_tutorial`,
 `etth1_univariate_h{H}`, `etth1_covariates_h{H}`, `nyc_taxi_h5`, `m4_hourly` (sMAPE / MASE / OWA as the
-M4 competition scored them, fusioncast/m4.py) and `nyc_taxi_numenta` (Cui et al. 2016's span, trained
+M4 competition scored them, fusioncast/evaluation/m4.py) and `nyc_taxi_numenta` (Cui et al. 2016's span, trained
 once and, as a row of its own, refitted every `--refit-every`); the split, scaling and metric are
 the published ones whatever the mode, `--quick` only shortens training. Runs are written under --out
 (metrics.json per run), the table to <out>/bench_accuracy.md and the numbers to bench_accuracy.json.
@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +43,13 @@ NYC_PUBLISHED = "kNN 0.0706, HTM 0.0809, TDNN 0.104, ESN 0.128 (each learning on
 QUICK_HORIZONS = (24, 96)
 
 
+def experiment_overrides(name: str) -> list[str]:
+    """A protocol's overrides: `etth1_univariate_h96` is experiment etth1_univariate at horizon 96 (a horizon is
+    an override, not a config file of its own), any other name its experiment config."""
+    m = re.fullmatch(r"(etth1_(?:univariate|covariates))_h(\d+)", name)
+    return [f"experiment={m[1]}", f"data.max_prediction_length={m[2]}"] if m else [f"experiment={name}"]
+
+
 def compose(experiment: str | None, out: Path, overrides: list[str]):
     """The experiment's Hydra config as `fusioncast-train experiment=...` composes it (None: no experiment),
     writing into `out`."""
@@ -53,7 +61,7 @@ def compose(experiment: str | None, out: Path, overrides: list[str]):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        experiment_override = [f"experiment={experiment}"] if experiment else []
+        experiment_override = experiment_overrides(experiment) if experiment else []
         cfg = hydra_compose("train.yaml", overrides=[*experiment_override, *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -64,7 +72,10 @@ def compose(experiment: str | None, out: Path, overrides: list[str]):
 
 
 def budget_overrides(quick: bool, epochs: int | None) -> list[str]:
-    common = ["export=false", "logger=none", "calibration=adaptive", "trainer.enable_progress_bar=false",
+    # no time budget: published rows are defined by epochs and early stopping, not by the machine's
+    # speed (a `budget=...` extra override puts one back, docs/training.md)
+    # the default calibration (configs/train.yaml), so that the table shows what a user gets
+    common = ["export=false", "logger=none", "budget=null", "trainer.enable_progress_bar=false",
               "trainer.enable_model_summary=false"]
     if quick:
         return common + ["trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=4"]
@@ -74,17 +85,18 @@ def budget_overrides(quick: bool, epochs: int | None) -> list[str]:
 # ---- ours -------------------------------------------------------------------------------------------
 def run_ours(experiment: str, out: Path, overrides: list[str]) -> dict:
     """Train one experiment; returns its metrics.json and the eval split's forecasts (for protocol metrics)."""
-    from fusioncast.evaluate import load_checkpoint, predict_split
+    from fusioncast.evaluation.forecasts import predict_split
     from fusioncast.train import train
+    from fusioncast.training.checkpoint import load_with_data
 
     cfg = compose(experiment, out, overrides)
     t0 = time.perf_counter()
     metrics = train(cfg)
     seconds = time.perf_counter() - t0
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     split = "test" if "test" in metrics else "val"
     # a seed ensemble: each member's own forecasts too (reported next to the average, never chosen on)
-    members = [predict_split(load_checkpoint(m["checkpoint"], device="cpu")[0], dm, split)
+    members = [predict_split(load_with_data(m["checkpoint"], device="cpu")[0], dm, split)
                for m in metrics.get("ensemble", {}).get("members", [])]
     return {"metrics": metrics, "split": split, "pred": predict_split(module, dm, split), "dm": dm,
             "seconds": seconds, "cfg": cfg, "members": members}
@@ -127,7 +139,12 @@ def run_pf(dm, cfg, kind: str, quick: bool) -> dict:
     import lightning.pytorch as pl
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
-    from pytorch_forecasting import GroupNormalizer, QuantileLoss, TemporalFusionTransformer, TimeSeriesDataSet
+    from pytorch_forecasting import (
+        GroupNormalizer,
+        QuantileLoss,
+        TemporalFusionTransformer,
+        TimeSeriesDataSet,
+    )
 
     s, h = dm.schema, dm.hparams
     L, H = s.max_encoder_length, s.max_prediction_length
@@ -205,7 +222,7 @@ def protocol_metrics(kind: str, p: dict, dm=None, split: str | None = None) -> d
     lo, hi = p["pred"][..., 0], p["pred"][..., 2]
     out = {"coverage_p10_p90": float(((y >= lo) & (y <= hi))[m].mean())}
     if kind == "m4":  # the competition's scoring: everything before the horizon is the series' in-sample part
-        from fusioncast import m4
+        from fusioncast.evaluation import m4
 
         cut = dm.test_idx if split == "test" else dm.val_idx
         history = [dm.enc.real[s, : cut[s], 0] for s in p["series"]]
@@ -223,7 +240,7 @@ def protocol_metrics(kind: str, p: dict, dm=None, split: str | None = None) -> d
 
 
 def naive_forecasts(p: dict, period: int) -> dict:
-    from fusioncast.metrics import seasonal_naive
+    from fusioncast.evaluation.metrics import seasonal_naive
 
     naive = seasonal_naive(p["enc_y"], p["enc_mask"], p["target"].shape[1], period)
     return {**p, "pred": np.repeat(naive[..., None], 3, -1)}
@@ -259,30 +276,31 @@ def published(kind: str, horizon: int | None, covariates: bool) -> str:
 
 
 def budget_time(minutes: int | None) -> list[str]:
-    """Overrides that train for `minutes` of wall time (the best checkpoint within it is evaluated)."""
+    """Overrides that train for `minutes` of wall time (the `budget` key; the best checkpoint within it is
+    evaluated), with no epoch cap."""
     if minutes is None:
         return []
-    return [f"++trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00", "trainer.max_epochs=100000"]
+    return [f"budget={minutes}m", "trainer.max_epochs=100000"]
 
 
 def budget(quick: bool, overrides: list[str]) -> str:
     """How a row was trained: the experiment's own budget, or what the overrides cut it to."""
     if quick:
         return "quick"
-    timed = [o.split("=", 1)[1] for o in overrides if o.startswith("++trainer.max_time=")]
-    if timed:
-        return f"max_time {timed[-1]}"
+    timed = [o.split("=", 1)[1] for o in overrides if o.startswith(("budget=", "trainer.max_time=", "++trainer.max_time="))]
+    if timed and timed[-1] not in ("null", "none"):
+        return f"budget {timed[-1]}"
     cut = [o.split("=", 1)[1] + " " + o.split("=", 1)[0].split(".")[-1].replace("limit_train_batches", "batches/epoch")
            .replace("max_epochs", "epochs") for o in overrides if o.startswith(("trainer.max_epochs", "trainer.limit_train"))]
     return "reduced: " + ", ".join(cut) if cut else "full"
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| protocol | metric | ours | ours P10–P90 cov. (raw → conformal → adaptive) | pytorch-forecasting TFT | "
-            "seasonal naive | published | training |")
+    head = ("| protocol | metric | ours | ours P10–P90 cov. (raw → served → default calibration) | "
+            "pytorch-forecasting TFT | seasonal naive | published | training |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if "coverage_static" in r:  # raw → fixed offsets → tracked (calibration=adaptive)
+        if "coverage_static" in r:  # raw → the fitted offsets (what the server applies) → as evaluated (tracked)
             cov = " → ".join("—" if r[k] is None else f"{r[k]:.3f}" for k in ("coverage_raw", "coverage_static", "coverage"))
         else:  # a run from before calibration=adaptive (--collect): its calibration was conformal
             cov = f"{r['coverage_raw']:.3f} → {r['coverage']:.3f} → —"
@@ -321,9 +339,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
     ap.add_argument("--out", default=str(ROOT / "logs" / "bench_accuracy" / time.strftime("%Y-%m-%d_%H-%M-%S")))
     ap.add_argument("--refit-every", default="7D", help="nyc_taxi_numenta's refitted row: one training per this "
-                    "period of the test span (fusioncast/refit.py); empty: trained once only")
+                    "period of the test span (fusioncast/evaluation/refit.py); empty: trained once only")
     ap.add_argument("--budgets", default="", help="comma-separated training budgets in minutes (e.g. 5,15,60): "
-                    "each protocol is trained once per budget (Lightning's max_time, no epoch cap), a row each")
+                    "each protocol is trained once per budget (budget=Nm, no epoch cap), a row each")
     ap.add_argument("--collect", nargs="+", metavar="DIR", help="print one table of earlier runs' bench_accuracy.json")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for our runs, e.g. model.hidden_size=64")
     args = ap.parse_args()
@@ -367,7 +385,9 @@ def main() -> None:
                "ours": protocol_metrics(kind, p, dm, split),
                "naive": protocol_metrics(kind, naive_forecasts(p, dm.seasonal_period), dm, split),
                "coverage_raw": m["uncalibrated"][split]["coverage_p10_p90"], "coverage": m[split]["coverage_p10_p90"],
-               "coverage_static": m.get("conformal_static", {}).get(split, {}).get("coverage_p10_p90"),
+               # the fitted offsets applied as they are: what the server serves (`conformal_static` in older runs)
+               "coverage_static": m.get("served", m.get("conformal_static", {})).get(split, {}).get("coverage_p10_p90"),
+               "calibration": m.get("calibration", {}).get("method", "none"),
                "published": published(kind, horizon, covariates), "metrics": m,
                "budget": budget(args.quick, overrides + timed)}
         if run["members"]:

@@ -113,9 +113,9 @@ def build_model(workdir: Path) -> tuple[Path, str]:
 
 def stallion_requests(bundle_dir: Path) -> tuple[list[dict], "object"]:
     """One request series per stallion series (origin 2017-06-01), and the same windows as model inputs."""
-    from fusioncast.data.sources import locate
+    from fusioncast.batch.score import table_windows
     from fusioncast.data.schema import validate
-    from fusioncast.predict import table_windows
+    from fusioncast.data.sources import locate
     from fusioncast.serve.bundle import Bundle
     from fusioncast.serve.requests import series_payload
 
@@ -151,9 +151,9 @@ def median_ms(f, repeat: int, budget_s: float = 10.0) -> float:
 def model_only(bundle_dir: Path, ckpt: str, inputs: dict[str, np.ndarray]) -> list[dict]:
     import torch
 
-    from fusioncast.checkpoint import load_model
     from fusioncast.data.inference import INPUT_NAMES
     from fusioncast.serve.bundle import Bundle, Model
+    from fusioncast.training.checkpoint import load_model
 
     net = load_model(ckpt)[0].net.eval()
     bundle = Bundle.load(bundle_dir)

@@ -80,3 +80,47 @@ def real_bundle(tmp_path_factory):
     from tests.bundles import BundleFactory
 
     return BundleFactory(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def synthetic_bundle(tmp_path_factory) -> Path:
+    """A tiny model of the synthetic zones trained with calibration=adaptive and exported by training
+    (its bundle directory): the bundle of the actuals, online calibration and dashboard tests."""
+    from fusioncast.train import train
+
+    out = tmp_path_factory.mktemp("synthetic")
+    overrides = [o for o in TINY if o != "export=false"] + ["export=true", "calibration=adaptive",
+                                                             "data.synthetic.n_zones=6", "seed=0"]
+    train(compose_config("train.yaml", out, overrides))
+    return out / "bundle"
+
+
+def _server_url(module, what: str):
+    """The server .ci/run started (its URL in the environment), else one of our own for this session."""
+    if os.environ.get(module.URL_ENV):
+        yield os.environ[module.URL_ENV]
+        return
+    try:
+        server = module.start()
+    except (FileNotFoundError, RuntimeError) as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the {what} tests: {e}")
+        pytest.skip(f"no {what} server to test against: {e}")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on loopback (tests/postgres.py), as a SQLAlchemy URL."""
+    from tests import postgres
+
+    yield from _server_url(postgres, "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real Redis server on loopback (tests/redis_server.py)."""
+    from tests import redis_server
+
+    yield from _server_url(redis_server, "Redis")

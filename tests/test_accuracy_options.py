@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import torch
 
 from fusioncast.models.tft import TemporalFusionTransformer
@@ -62,7 +61,8 @@ def test_lstsq_skip_is_nlinear_on_etth1(tmp_path):
     from tests.conftest import needs_shared
 
     needs_shared("ETTh1.csv")
-    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_univariate_h96", "data.max_encoder_length=336"])
+    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_univariate", "data.max_prediction_length=96",
+                                                   "data.max_encoder_length=336"])
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     dm.setup()
     net = TemporalFusionTransformer(**dm.model_kwargs(), hidden_size=8, linear_skip=336)
@@ -76,11 +76,11 @@ def test_lstsq_skip_is_nlinear_on_etth1(tmp_path):
 
 
 def test_lstsq_skip_is_fitted_once_and_kept_fixed(tmp_path):
-    from fusioncast.evaluate import load_checkpoint
+    from fusioncast.training.checkpoint import load_with_data
 
     cfg = compose_config("train.yaml", tmp_path, TINY + ["model.linear_skip=24", "model.linear_skip_fit=lstsq"])
     metrics = train(cfg)
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     from fusioncast.data.windows import BatchLoader
     from fusioncast.models.linear_skip import fit_linear_skip
 

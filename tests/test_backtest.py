@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusioncast.backtest import backtest, select_origins, write_backtest
-from fusioncast.evaluate import load_checkpoint
-from fusioncast.metrics import METRIC_NAMES
+from fusioncast.evaluation.backtest import backtest, select_origins, write_backtest
+from fusioncast.evaluation.metrics import METRIC_NAMES
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
 
     cfg = compose_config("train.yaml", tmp_path_factory.mktemp("bt"), TINY)
     metrics = train(cfg)
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     return metrics, module, dm
 
 
@@ -68,12 +68,16 @@ def test_eval_cli_writes_backtest_and_calibration(trained, tmp_path):
     assert result["origins"] == 3 and result["calibration"]["method"] == "adaptive"
     assert (tmp_path / "backtest.png").exists()
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert "calibration" in written and "uncalibrated" in written and "conformal_static" in written
+    assert "calibration" in written and "uncalibrated" in written and "served" in written
     assert written["calibration"]["fitted_on"]["step"] == 0.01  # the config group's default
 
 
 def test_adaptive_backtest_tracks_over_every_test_window_before_each_origin(trained):
-    from fusioncast.evaluate import fit_calibration, predict_split, split_metrics
+    from fusioncast.evaluation.forecasts import (
+        fit_calibration,
+        predict_split,
+        split_metrics,
+    )
 
     _, module, dm = trained
     cal = fit_calibration(module, dm, {"method": "adaptive", "step": 0.05})

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusioncast.calibration import Calibration, cross_fit
-from fusioncast.evaluate import evaluate_model, load_checkpoint
+from fusioncast.evaluation.forecasts import evaluate_model
+from fusioncast.postfit.calibration import Calibration, cross_fit
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 
 Q = [0.1, 0.5, 0.9]
 Z90 = 1.2815515655446004  # standard normal 90 % quantile
@@ -113,7 +114,7 @@ def test_shared_width_carries_a_calmer_period_from_the_short_steps_to_the_long_o
     calm = forecasts(2 * n, H, 0.5, 1.0, seed=12)
     order = in_time_order(n, 2)
     far = np.s_[:, H // 2:]
-    per_step = Calibration.fit(*fit_set, Q, method="adaptive", step=0.01)
+    per_step = Calibration.fit(*fit_set, Q, method="adaptive", step=0.01, width_step=0.0)
     shared = Calibration.fit(*fit_set, Q, method="adaptive", step=0.01, width_step=0.05)
     static = per_step.apply(calm[0], calm[3])
     assert np.array_equal(static, shared.apply(calm[0], calm[3]))  # the fitted offsets are the same
@@ -157,10 +158,10 @@ def test_adaptive_uses_only_actuals_observed_before_each_window(width_step):
 
 def test_calibration_none_is_a_no_op_in_evaluation(cfg_train):
     metrics = train(cfg_train)
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     plain = evaluate_model(module, dm)
     none = evaluate_model(module, dm, calibration={"method": "none"})
-    assert none == plain and "calibration" not in none
+    assert none == plain and none["calibration"]["method"] == "none" and "served" not in none
     conformal = evaluate_model(module, dm, calibration={"method": "conformal", "per_horizon": True})
     assert conformal["uncalibrated"]["test"] == plain["test"]
     # the median gets no offset; its MAE may still move where a barely trained model's quantiles cross
@@ -169,6 +170,14 @@ def test_calibration_none_is_a_no_op_in_evaluation(cfg_train):
     assert offsets.shape == (dm.schema.max_prediction_length, 3)
     assert (offsets[:, 1] == 0).all() and (offsets[:, [0, 2]] != 0).any()
     adaptive = evaluate_model(module, dm, calibration={"method": "adaptive", "per_horizon": True, "step": 0.05})
-    assert adaptive["conformal_static"]["test"] == conformal["test"]  # before tracking: the conformal forecasts
+    assert adaptive["served"]["test"] == conformal["test"]  # before tracking: the conformal forecasts, as served
+    assert conformal["served"]["test"] == conformal["test"]  # a conformal calibration serves what it is scored on
+    # the summary says which coverage is served and which is tracked
+    assert adaptive["coverage_p10_p90"]["test"] == {"raw": plain["test"]["coverage_p10_p90"],
+                                                   "served": conformal["test"]["coverage_p10_p90"],
+                                                   "tracked": adaptive["test"]["coverage_p10_p90"]}
+    assert conformal["coverage_p10_p90"]["test"]["tracked"] is None
+    assert adaptive["calibration"]["served"] == {"applies": "offsets", "tracks": True,
+                                                 "tracked_by": ["POST /v1/actuals", "fusioncast-predict replay=N"]}
     assert adaptive["calibration"]["method"] == "adaptive" and len(adaptive["calibration"]["step"]) == offsets.shape[0]
     assert adaptive["test"]["coverage_p10_p90"] != conformal["test"]["coverage_p10_p90"]

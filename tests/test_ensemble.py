@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from fusioncast.ensemble import ENSEMBLE_FILE, ensemble_seeds
-from fusioncast.evaluate import load_checkpoint, predict_split, split_metrics
+from fusioncast.evaluation.forecasts import predict_split, split_metrics
 from fusioncast.models.ensemble import TFTEnsemble
 from fusioncast.models.module import TFTModule
-from fusioncast.tracking import summary_metrics
+from fusioncast.postfit.seed_ensemble import ENSEMBLE_FILE, ensemble_seeds
+from fusioncast.reporting.tracking import summary_metrics
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 from tests.conftest import TINY, compose_config
 
 
@@ -41,9 +42,9 @@ def test_an_ensemble_trains_its_members_and_averages_them(tmp_path):
     paths = [m["checkpoint"] for m in summary["members"]]
     assert [Path(p).parent.name for p in paths] == ["seed_3", "seed_5"]
 
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     assert isinstance(module.net, TFTEnsemble) and len(module.net.members) == 2
-    members = [load_checkpoint(p, device="cpu")[0] for p in paths]
+    members = [load_with_data(p, device="cpu")[0] for p in paths]
     for member, stored in zip(members, module.net.members):
         # the ensemble holds each member's best weights, shrinkage factors included
         for (name, a), b in zip(member.net.state_dict().items(), stored.state_dict().values()):
@@ -90,7 +91,7 @@ def test_resuming_an_ensemble_is_refused(tmp_path):
 
 def test_single_model_checkpoints_still_load_as_before(tmp_path):
     metrics = train(compose_config("train.yaml", tmp_path, TINY))
-    module, _ = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, _ = load_with_data(metrics["best_checkpoint"], device="cpu")
     assert not isinstance(module.net, TFTEnsemble) and module.hparams.ensemble_size == 1
     assert "ensemble" not in metrics
     assert isinstance(module, TFTModule)

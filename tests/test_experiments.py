@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import hydra
@@ -19,19 +20,29 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 HORIZONS = (24, 48, 96, 168, 192, 336, 720)
 
 
+@pytest.mark.parametrize("data", ["custom", "synthetic", "stallion", "nyc_taxi", "etth1", "etth1_univariate"])
+def test_every_data_set_gets_the_default_calibration_and_budget(data, tmp_path):
+    cfg = compose_config("train.yaml", tmp_path, [f"data={data}"])
+    assert cfg.calibration.method == "adaptive" and cfg.calibration.step == 0.01
+    assert cfg.calibration.width_step == 0.002 and cfg.trainer.max_time == "00:00:10:00"
+    assert compose_config("eval.yaml", tmp_path, ["ckpt_path=x"]).calibration.method == "adaptive"
+
+
 def test_every_benchmark_protocol_has_a_config():
     wanted = {"stallion_tutorial", "nyc_taxi_h5", "etth1_univariate", "etth1_covariates", "m4_hourly",
               "nyc_taxi_numenta"}
-    wanted |= {f"etth1_{kind}_h{h}" for kind in ("univariate", "covariates") for h in HORIZONS}
     assert wanted <= set(EXPERIMENTS)
+    # a horizon is an override of its protocol, not a file of its own
+    assert not [name for name in EXPERIMENTS if re.fullmatch(r".*_h\d+", name) and name != "nyc_taxi_h5"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes(name, tmp_path):
     cfg = compose_config("train.yaml", tmp_path, [f"experiment={name}"])
     assert cfg.data.max_prediction_length >= 1 and cfg.model._target_.endswith("TFTModule")
-    if name.startswith("etth1_") and "_h" in name:
-        assert cfg.data.max_prediction_length == int(name.rsplit("_h", 1)[1])
+    # what a user gets: calibrated intervals (the default calibration) and a time budget
+    assert cfg.calibration.method == "adaptive" and cfg.trainer.max_time == cfg.budget is not None
+    if name in ("etth1_univariate", "etth1_covariates"):
         # the protocol's units: the training std of OT (the window centring the model uses leaves errors alone)
         assert cfg.data.target_normalizer in ("global", "encoder") and cfg.data.eval_stride == 1
         covariates = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL"] if "covariates" in name else []
@@ -40,7 +51,7 @@ def test_experiment_composes(name, tmp_path):
 
 def etth1(tmp_path, horizon: int) -> TimeSeriesDataModule:
     needs_shared("ETTh1.csv")
-    cfg = compose_config("train.yaml", tmp_path, [f"experiment=etth1_univariate_h{horizon}"])
+    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_univariate", f"data.max_prediction_length={horizon}"])
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     dm.setup()
     return dm
@@ -68,7 +79,7 @@ def test_etth1_univariate_split_is_informers(tmp_path, horizon):
 
 def test_etth1_covariates_compose_with_the_same_split(tmp_path):
     needs_shared("ETTh1.csv")
-    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_covariates_h96"])
+    cfg = compose_config("train.yaml", tmp_path, ["experiment=etth1_covariates", "data.max_prediction_length=96"])
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     dm.setup()
     assert (dm.val_idx[0], dm.test_idx[0], dm.enc.length[0]) == (8640, 11520, 14400)
@@ -112,7 +123,7 @@ def test_split_points_without_test_and_test_end_truncation():
 def test_global_target_normalizer_shares_one_scale(tmp_path):
     common = dict(name="synthetic", synthetic={"n_zones": 4, "days": 14}, time_col="timestamp", target="pickups",
                   group_ids=["zone"], max_encoder_length=24, max_prediction_length=6, val_start=0.7, test_start=0.85)
-    per_series = TimeSeriesDataModule(**common)
+    per_series = TimeSeriesDataModule(**common, target_normalizer="series")
     shared = TimeSeriesDataModule(**common, target_normalizer="global")
     per_series.setup(), shared.setup()
     assert len({tuple(v) for v in per_series.pp.target_scales.values()}) == 4

@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusioncast import evaluate, plots, report
-from fusioncast.calibration import Calibration
-from fusioncast.evaluate import load_checkpoint, predict_split
+from fusioncast import evaluate
+from fusioncast.evaluation.forecasts import predict_split
+from fusioncast.postfit.calibration import Calibration
+from fusioncast.reporting import plots, report
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 from tests.conftest import compose_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +68,7 @@ def drawn_forecasts(module, dm, out: Path, monkeypatch, **kwargs) -> dict[str, d
 
 def test_fan_chart_plots_the_models_forecast_and_the_real_actuals(trained, monkeypatch, tmp_path):
     _, metrics = trained
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     drawn = drawn_forecasts(module, dm, tmp_path, monkeypatch)
 
     p = predict_split(module, dm, "val")  # the evaluation's own forecasts of every val window
@@ -99,9 +101,9 @@ def test_fan_chart_plots_the_models_forecast_and_the_real_actuals(trained, monke
 
 def test_interpretation_names_and_weights(trained):
     _, metrics = trained
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     interp = report.interpretation(module, dm, "val")
-    assert list(interp["static"]) == ["zone", "borough", "population", "pickups_center", "pickups_scale"]
+    assert list(interp["static"]) == ["zone", "borough", "population", "pickups_level", "pickups_scale"]
     assert list(interp["encoder"]) == ["holiday", "hour", "day_of_week", "weather", "pickups", "fare_multiplier",
                                        "temperature"]
     assert list(interp["decoder"]) == ["holiday", "hour", "day_of_week", "fare_multiplier"]

@@ -69,7 +69,7 @@ def adaptive_bundle(rb, path, step: float):
     import json
     import shutil
 
-    from fusioncast.calibration import Calibration
+    from fusioncast.postfit.calibration import Calibration
     from fusioncast.serve.bundle import write_meta
 
     shutil.copytree(rb.path, path)
@@ -81,8 +81,8 @@ def adaptive_bundle(rb, path, step: float):
 
 
 def test_replay_tracks_the_calibration_over_the_forecasts_of_earlier_origins(real_bundle, tmp_path):
-    from fusioncast.calibration import Calibration
-    from fusioncast.predict import table_windows
+    from fusioncast.batch.score import table_windows
+    from fusioncast.postfit.calibration import Calibration
     from fusioncast.serve.bundle import Bundle
 
     rb = real_bundle("nyc_taxi")

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusioncast import m4
 from fusioncast.data.datamodule import TimeSeriesDataModule
 from fusioncast.data.schema import SchemaError
 from fusioncast.data.sources import load_named
 from fusioncast.data.wide import M4_ORIGIN, read_m4, read_wide
-from fusioncast.metrics import forecast_metrics
+from fusioncast.evaluation import m4
+from fusioncast.evaluation.metrics import forecast_metrics
 from tests.conftest import compose_config, needs_shared
 
 
@@ -110,10 +110,10 @@ def test_mape_at_the_last_step():
 
 def test_bench_accuracy_scores_m4_rows_as_the_competition(tmp_path):
     """scripts/bench_accuracy.py's M4 row: the seasonal-naive forecast of the data module's test windows
-    scores exactly what fusioncast.m4 gives on the raw files (in-sample = the whole training file)."""
+    scores exactly what fusioncast.evaluation.m4 gives on the raw files (in-sample = the whole training file)."""
     import importlib.util
 
-    from fusioncast.evaluate import predict_windows
+    from fusioncast.evaluation.forecasts import predict_windows
     from fusioncast.models.module import TFTModule
     from tests.conftest import ROOT
 

@@ -1,16 +1,16 @@
-"""Refitting on a schedule (fusioncast/refit.py): each period's model sees only the data before the period,
+"""Refitting on a schedule (fusioncast/evaluation/refit.py): each period's model sees only the data before the period,
 and the periods' forecasts together are the run's test windows, each once."""
 
 from __future__ import annotations
 
 import hydra
-import torch
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from fusioncast.backtest import window_times
-from fusioncast.refit import period_config, refit_periods
+from fusioncast.data.timeline import decoder_start_times
+from fusioncast.evaluation.refit import period_config, refit_periods
 from tests.conftest import TINY, compose_config
 
 
@@ -20,18 +20,18 @@ def test_period_configs_train_before_the_period_and_test_inside_it(tmp_path):
     dm.setup()
     starts, val_length = refit_periods(dm, "1D")
     assert len(starts) >= 2 and val_length > pd.Timedelta(0)
-    assert starts[0] == pd.Timestamp(window_times(dm, *dm.windows("test")).min())
+    assert starts[0] == pd.Timestamp(decoder_start_times(dm, *dm.windows("test")).min())
     seen = []
     for k, start in enumerate(starts):
         end = starts[k + 1] if k + 1 < len(starts) else None
         pcfg = period_config(cfg, start, end, val_length, dm.schema.max_prediction_length, dm.pp.freq, tmp_path / str(k))
         pdm = hydra.utils.instantiate(pcfg.data, _convert_="object")
         pdm.setup()
-        test = window_times(pdm, *pdm.windows("test"))
+        test = decoder_start_times(pdm, *pdm.windows("test"))
         assert (test >= start).all() and (end is None or (test < end).all())
         step = pd.Timedelta(hours=1)
         series, vstarts = pdm.windows("val")
-        val_end = window_times(pdm, series, vstarts) + step * (pdm.schema.max_prediction_length - 1)
+        val_end = decoder_start_times(pdm, series, vstarts) + step * (pdm.schema.max_prediction_length - 1)
         assert (val_end < start).all()  # no validation (nor training) target at or after the period's start
         seen += list(zip(*pdm.windows("test")))
     assert sorted(seen) == sorted(zip(*dm.windows("test")))
@@ -58,7 +58,8 @@ def test_refit_block_scores_the_test_windows(tmp_path):
 
 def test_warm_started_refits_fine_tune_the_model_before(tmp_path):
     from fusioncast.models.module import TFTModule
-    from fusioncast.train import train, warm_start
+    from fusioncast.train import train
+    from fusioncast.training.fit import warm_start
 
     cfg = compose_config("train.yaml", tmp_path, TINY + ["refit.every=2D", "refit.warm_start=true", "refit.max_epochs=1"])
     metrics = train(cfg)
@@ -84,7 +85,7 @@ def test_first_period_reuses_the_run_model_when_the_split_is_the_runs(tmp_path):
     cfg = compose_config("train.yaml", tmp_path, TINY)
     dm = hydra.utils.instantiate(cfg.data, _convert_="object")
     dm.setup()
-    val, test = (pd.Timestamp(window_times(dm, *dm.windows(s)).min()) for s in ("val", "test"))
+    val, test = (pd.Timestamp(decoder_start_times(dm, *dm.windows(s)).min()) for s in ("val", "test"))
     cfg = compose_config("train.yaml", tmp_path, TINY + [f"data.val_start='{val}'", f"data.test_start='{test}'",
                                                          "refit.every=3D", "trainer.max_epochs=1"])
     metrics = train(cfg)

@@ -19,11 +19,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from fusioncast import checkpoint
-from fusioncast.checkpoint import CheckpointError, SafeCheckpointIO
 from fusioncast.data.windows import BatchLoader
-from fusioncast.resume import merged_overrides
 from fusioncast.train import train
+from fusioncast.training import checkpoint
+from fusioncast.training.checkpoint import CheckpointError, SafeCheckpointIO
+from fusioncast.training.resume import merged_overrides
 from tests.conftest import TINY, compose_config
 
 EPOCHS = 4

@@ -9,22 +9,23 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fusioncast.evaluate import evaluate_model, load_checkpoint, predict_split
-from fusioncast.shrinkage import pinball
+from fusioncast.evaluation.forecasts import evaluate_model, predict_split
+from fusioncast.postfit.shrinkage import _unsorted, pinball
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 from tests.conftest import TINY, compose_config
 from tests.models.test_tft import RICH, make_batch, make_model
 
 
-def test_forecasts_are_affine_in_the_factor_and_at_0_ignore_the_correction():
+def test_unsorted_forecasts_are_affine_in_the_factor_and_at_0_ignore_the_correction():
     model = make_model(RICH, linear_skip=8).eval()
     with torch.no_grad():
         model.skip.weight.normal_(0, 0.1)  # a skip that is not the zero-initialised one
         model.output.weight.normal_(0, 0.5)
     batch = make_batch(model, 4)
 
-    def at(a):
-        with torch.no_grad():
+    def at(a):  # before the final sort (which the factors could make reorder quantiles)
+        with torch.no_grad(), _unsorted(model):
             model.correction_scale.copy_(torch.as_tensor(a).expand_as(model.correction_scale))
             return model(**batch)
 
@@ -60,7 +61,7 @@ def test_training_chooses_the_factor_on_validation_and_writes_it_into_the_checkp
     assert json.loads((tmp_path / "metrics.json").read_text())["correction_scale"]["factors"] == chosen["factors"]
 
     # the checkpoint holds the factors, and its validation loss is the one the choice measured
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     assert module.net.correction_scale.tolist() == pytest.approx(factors)
     p = predict_split(module, dm, "val")
     loss = pinball(p["pred"], p["target"], p["mask"], list(module.hparams.quantiles), p["scale"]).sum()

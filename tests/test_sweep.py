@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from fusioncast.sweep import best_experiment
+from fusioncast.training.sweep import best_experiment
 from tests.conftest import CONFIG_DIR, compose_config, needs_shared
 from tests.test_wandb import _by_type, read_finished_run
 

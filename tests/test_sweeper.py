@@ -15,11 +15,14 @@ from pathlib import Path
 import optuna
 import pytest
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from hydra_plugins.fusioncast_optuna_sweeper._search_space import parse
-from tests import postgres
 from tests.conftest import TINY
 
 # the tiny synthetic run of tests/conftest.py as a sweep; data.max_encoder_length, model.hidden_size and
@@ -220,22 +223,6 @@ def test_sweep_killed_mid_trial_resumes_from_the_storage(tmp_path):
     assert trials[3].params == trials[1].params and trials[0].params != trials[2].params
     for t in (trials[0], trials[2], trials[3]):
         assert t.value == pytest.approx(trial_metrics([tmp_path / "run"], t.number)["val"]["loss"])
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    """The server .ci/run started (FUSIONCAST_TEST_POSTGRES_URL), else one of our own (tests/postgres.py)."""
-    if os.environ.get(postgres.URL_ENV):
-        yield os.environ[postgres.URL_ENV]
-        return
-    try:
-        server = postgres.start()
-    except (FileNotFoundError, RuntimeError) as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the PostgreSQL test: {e}")
-        pytest.skip(f"no PostgreSQL server to test against: {e}")
-    yield server.url
-    server.stop()
 
 
 @pytest.mark.slow

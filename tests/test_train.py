@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fusioncast.evaluate import evaluate_model, load_checkpoint
-from fusioncast.metrics import METRIC_NAMES
+from fusioncast.evaluation.forecasts import evaluate_model
+from fusioncast.evaluation.metrics import METRIC_NAMES
 from fusioncast.train import train
+from fusioncast.training.checkpoint import load_with_data
 from tests.conftest import TINY, compose_config, needs_shared
 
 
@@ -41,7 +42,7 @@ def test_same_seed_same_cpu_metrics(tmp_path):
 
 def test_eval_recomputes_metrics_from_checkpoint(cfg_train):
     metrics = train(cfg_train)
-    module, dm = load_checkpoint(metrics["best_checkpoint"], device="cpu")
+    module, dm = load_with_data(metrics["best_checkpoint"], device="cpu")
     again = evaluate_model(module, dm)
     assert again["test"]["mae"] == pytest.approx(metrics["test"]["mae"], rel=1e-5)
     assert again["baseline"]["test"]["mae"] == pytest.approx(metrics["baseline"]["test"]["mae"], rel=1e-6)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fusioncast.reporting.tracking import has_credentials, resolve_mode
 from fusioncast.train import train
-from fusioncast.tracking import has_credentials, resolve_mode
 from tests.conftest import TINY, compose_config
 
 pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")

@@ -27,12 +27,29 @@ from torch import nn
 
 import fusioncast
 from fusioncast.data.datamodule import TimeSeriesDataModule
-from fusioncast.data.inference import INPUT_NAMES, INTERPRETATION_NAMES, OUTPUT_NAMES, variable_names
+from fusioncast.data.inference import (
+    INPUT_NAMES,
+    INTERPRETATION_NAMES,
+    OUTPUT_NAMES,
+    variable_names,
+)
 from fusioncast.data.windows import Batch
 from fusioncast.models.tft import MIN_TARGET_SCALE, TemporalFusionTransformer
-from fusioncast.serve.bundle import (BUNDLE_FORMAT, DISABLED_OPTIMIZERS, EXAMPLE_FILE, FORMAT_VERSION, INT8_FILE,
-                                     INTEGRITY, META_FILE, MODEL_FILE, preprocessing_meta, sha256_file,
-                                     without_paths, write_meta)
+from fusioncast.quantiles import median_index
+from fusioncast.serve.bundle import (
+    BUNDLE_FORMAT,
+    DISABLED_OPTIMIZERS,
+    EXAMPLE_FILE,
+    FORMAT_VERSION,
+    INT8_FILE,
+    INTEGRITY,
+    META_FILE,
+    MODEL_FILE,
+    preprocessing_meta,
+    sha256_file,
+    without_paths,
+    write_meta,
+)
 from fusioncast.serve.requests import series_payload
 
 log = logging.getLogger(__name__)
@@ -160,7 +177,7 @@ def quantize_int8(out_dir: Path, batch: Batch, quantiles: list[float], tolerance
     s32, s8 = _session(fp32), _session(int8)
     p32 = _run(s32, inputs, list(OUTPUT_NAMES))[0]
     p8 = _run(s8, inputs, list(OUTPUT_NAMES))[0]
-    median = int(np.argmin(np.abs(np.asarray(quantiles) - 0.5)))
+    median = median_index(quantiles)
     mae32, mae8 = _mae(p32, batch, median), _mae(p8, batch, median)
     change = (mae8 - mae32) / mae32 if mae32 > 0 else 0.0
     report = {
@@ -227,12 +244,24 @@ def export_bundle(module, dm: TimeSeriesDataModule, out_dir: str | Path, *, inte
         "calibration": (metrics or {}).get("calibration"),
         "int8": quantize_int8(out_dir, batch, quantiles, int8_tolerance) if int8 else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+        "data": _data_span(dm),
     }
     (out_dir / EXAMPLE_FILE).write_bytes(orjson.dumps(_example_request(dm, batch), option=orjson.OPT_INDENT_2))
     files = [MODEL_FILE, EXAMPLE_FILE] + ([INT8_FILE] if (meta["int8"] or {}).get("kept") else [])
     digest = write_meta(out_dir, meta, files)  # last: the integrity record seals what was written
     log.info("bundle written to %s (bundle sha256 %s)", out_dir, digest)
     return out_dir
+
+
+def _data_span(dm: TimeSeriesDataModule) -> dict | None:
+    """The training table's time span, rows and series, and its split points (the model card's data span)."""
+    frame = getattr(dm, "frame", None)
+    if frame is None:
+        return None
+    times = frame[dm.pp.schema.time_col]
+    return {"start": str(times.min()), "end": str(times.max()), "rows": len(frame),
+            "series": len(dm.pp.target_scales), "val_start": str(dm.hparams.val_start),
+            "test_start": None if dm.hparams.test_start is None else str(dm.hparams.test_start)}
 
 
 def _example_request(dm: TimeSeriesDataModule, batch: Batch) -> dict:
@@ -246,12 +275,11 @@ def _example_request(dm: TimeSeriesDataModule, batch: Batch) -> dict:
 @hydra.main(version_base="1.3", config_path="configs", config_name="export.yaml")
 def main(cfg: DictConfig) -> None:
     """Export a checkpoint into a bundle directory (default: this run's output directory /bundle)."""
-    from fusioncast.evaluate import load_checkpoint
+    from fusioncast.training.checkpoint import load_with_data, run_metrics
 
     overrides = OmegaConf.to_container(cfg.get("data") or {}, resolve=True)
-    module, dm = load_checkpoint(cfg.ckpt_path, overrides, device="cpu")
-    metrics_file = Path(cfg.ckpt_path).resolve().parent.parent / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    module, dm = load_with_data(cfg.ckpt_path, overrides, device="cpu")
+    metrics = run_metrics(cfg.ckpt_path)
     out = export_bundle(
         module, dm, cfg.output_dir or Path(cfg.paths.output_dir) / "bundle", interpretation=cfg.interpretation,
         tolerance=cfg.parity.tolerance, windows=cfg.parity.windows, split=cfg.parity.split, int8=cfg.int8.enabled,

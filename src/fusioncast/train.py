@@ -4,127 +4,28 @@ val/test metrics.json → (export)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from fusioncast import checkpoint
-from fusioncast.calibration import Calibration
-from fusioncast.evaluate import evaluate_model, write_metrics
-from fusioncast.models.module import TFTModule
-from fusioncast.report import write_plots, write_report
-from fusioncast.resume import check_fits, resumed_config
-from fusioncast.tracking import log_results
+from fusioncast.evaluation.forecasts import evaluate_model, write_metrics
+from fusioncast.postfit.calibration import Calibration
+from fusioncast.reporting.report import write_plots, write_report
+from fusioncast.reporting.tracking import log_results
+from fusioncast.training import checkpoint
+from fusioncast.training.fit import build_module, fit, fit_ensemble, instantiate_list
+from fusioncast.training.resume import check_fits, resumed_config
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_list(cfg: DictConfig | None) -> list:
-    """Instantiate every `_target_` entry of a group like `callbacks` or `logger` (None entries skipped)."""
-    if not cfg:
-        return []
-    return [hydra.utils.instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
-
-
-@dataclass
-class Fitted:
-    module: TFTModule
-    best: str                  # best checkpoint ("" without a checkpoint callback)
-    trainer: L.Trainer
-    callbacks: list
-    shrinkage: dict | None
-
-
-def build_module(cfg: DictConfig, dm) -> TFTModule:
-    return hydra.utils.instantiate(cfg.model, data_kwargs=dm.model_kwargs(), _convert_="object")
-
-
-def fit(cfg: DictConfig, dm, loggers: list, checkpoint_dir: str | None = None, init: TFTModule | None = None) -> Fitted:
-    """Build, fit and reload (best checkpoint) one model; with `model.shrink_correction`, shrink it on validation.
-    With `ckpt_path`, the fit resumes from that checkpoint (read through fusioncast/checkpoint.py).
-    `init`: a trained model whose weights this one starts from (a warm-started refit, fusioncast/refit.py);
-    the normalisation buffers stay this data's own."""
-    module = build_module(cfg, dm)
-    if init is not None:
-        warm_start(module, init)
-    callbacks = instantiate_list(cfg.get("callbacks"))
-    if checkpoint_dir is not None:  # an ensemble member: checkpoints of its own
-        for c in callbacks:
-            if isinstance(c, ModelCheckpoint):
-                c.dirpath = checkpoint_dir
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 plugins=[checkpoint.SafeCheckpointIO()])
-    if isinstance(trainer.accelerator, CUDAAccelerator):
-        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
-
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        log.info("best checkpoint: %s", best)
-        module = checkpoint.load_model(best, module.device)[0]
-    shrinkage = None
-    if trainer.is_global_zero and module.hparams.get("shrink_correction") and module.net.skip is not None:
-        from fusioncast.shrinkage import choose_correction_scale, write_correction_scale
-
-        shrinkage = choose_correction_scale(module, dm)
-        log.info("TFT correction of the linear skip scaled by %s (validation loss %.5g; %.5g at 1, %.5g at 0)",
-                 shrinkage["factors"], shrinkage["loss"], shrinkage["loss_at_1"], shrinkage["loss_at_0"])
-        if best:
-            write_correction_scale(best, list(shrinkage["factors"].values()))
-    return Fitted(module, best, trainer, callbacks, shrinkage)
-
-
-def warm_start(module: TFTModule, init: TFTModule) -> None:
-    """Copy `init`'s weights into `module` (same config, possibly refitted preprocessing)."""
-    own = module.net.state_dict()
-    keep = {"real_center", "real_scale", "correction_scale"}  # this fit's scalers; training starts at factor 1
-    given = {k: v for k, v in init.net.state_dict().items() if k not in keep}
-    wrong = [k for k, v in given.items() if k not in own or own[k].shape != v.shape]
-    if wrong:
-        raise ValueError(f"cannot warm-start from a model of another shape ({wrong[:3]}): the data's categories changed")
-    module.net.load_state_dict(given, strict=False)
-
-
-def fit_ensemble(cfg: DictConfig, dm, loggers: list, seeds: list[int]) -> tuple[TFTModule, str, list[Fitted], dict]:
-    """One member per seed (fusioncast/ensemble.py), then the assembled ensemble, its checkpoint and a summary."""
-    from fusioncast.ensemble import ENSEMBLE_FILE, assemble, write_checkpoint
-    from fusioncast.evaluate import predict_split, split_metrics
-
-    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
-    members = []
-    for i, seed in enumerate(seeds):
-        log.info("ensemble member %d of %d: seed %d", i + 1, len(seeds), seed)
-        L.seed_everything(seed, workers=True)
-        members.append(fit(cfg, dm, loggers, checkpoint_dir=str(checkpoints / f"seed_{seed}")))
-    module = assemble([m.module for m in members])
-    best = ""
-    if members[0].trainer.is_global_zero and all(m.best for m in members):
-        best = write_checkpoint(module, members[0].best, checkpoints / ENSEMBLE_FILE)
-        log.info("ensemble checkpoint: %s", best)
-    summary = {"seeds": seeds, "members": []}
-    quantiles = list(module.hparams.quantiles)
-    for seed, m in zip(seeds, members):
-        score = m.trainer.checkpoint_callback.best_model_score if m.trainer.checkpoint_callback else None
-        entry = {"seed": seed, "checkpoint": m.best, "best_val_loss": None if score is None else float(score),
-                 # each member alone on the validation windows: what the average is measured against
-                 "val": split_metrics(predict_split(m.module, dm, "val"), dm, quantiles)[0]}
-        if m.shrinkage is not None:
-            entry["correction_scale"] = m.shrinkage["factors"]
-        summary["members"].append(entry)
-    return module, best, members, summary
 
 
 def train(cfg: DictConfig) -> dict:
     """Train (one model, or an ensemble with `ensemble.seeds`), evaluate and write metrics.json into
     cfg.paths.output_dir; returns the metrics."""
-    from fusioncast.ensemble import ensemble_seeds
+    from fusioncast.postfit.seed_ensemble import ensemble_seeds
 
     seeds = ensemble_seeds((cfg.get("ensemble") or {}).get("seeds"))
     ckpt_path = cfg.get("ckpt_path")
@@ -158,6 +59,8 @@ def train(cfg: DictConfig) -> dict:
         calibration = OmegaConf.to_container(cfg.calibration, resolve=True) if cfg.get("calibration") else None
         metrics = evaluate_model(module, dm, calibration=calibration)
         metrics["best_checkpoint"] = best
+        if ensemble is None:
+            metrics["training"] = fitted[0].training
         if ensemble is not None:
             metrics["ensemble"] = ensemble
         elif fitted[0].shrinkage is not None:
@@ -166,13 +69,15 @@ def train(cfg: DictConfig) -> dict:
         if history:
             metrics["train_samples_per_sec"] = float(torch.tensor(history).median())
         every = (cfg.get("refit") or {}).get("every")
-        if every:  # one more training per period of the test span (fusioncast/refit.py)
-            from fusioncast.refit import refit_backtest
+        if every:  # one more training per period of the test span (fusioncast/evaluation/refit.py)
+            from fusioncast.evaluation.refit import refit_backtest
 
             metrics["refit"] = refit_backtest(cfg, dm, str(every), initial=module, initial_checkpoint=best)
         write_metrics(metrics, cfg.paths.output_dir)
         if cfg.get("export"):
-            from fusioncast.export import export_bundle  # onnx and its exporter load only when exporting
+            from fusioncast.export import (
+                export_bundle,  # onnx and its exporter load only when exporting
+            )
 
             export_bundle(module, dm, Path(cfg.paths.output_dir) / "bundle", metrics=metrics, checkpoint=best or None)
         if cfg.plots:

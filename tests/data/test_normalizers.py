@@ -36,7 +36,7 @@ def test_encoder_center_is_the_mean_of_observed_encoder_targets_and_serving_agre
 
 
 def test_series_normalizer_keeps_fitted_centers():
-    dm = TimeSeriesDataModule(**COMMON)
+    dm = TimeSeriesDataModule(**COMMON, target_normalizer="series")
     dm.setup()
     series, starts = dm.windows("val")
     b = dm.tensors("cpu").gather(torch.as_tensor(series[:5]), torch.as_tensor(starts[:5]))

@@ -17,7 +17,7 @@ SYNTH = dict(
     time_varying_known_categoricals=["holiday"], time_varying_known_reals=["fare_multiplier"],
     time_varying_unknown_categoricals=["weather"], time_varying_unknown_reals=["temperature"],
     calendar=["hour"], max_encoder_length=24, max_prediction_length=12, val_start=0.6, test_start=0.8,
-    batch_size=32,
+    batch_size=32, target_normalizer="series",  # windows carry their series' fitted scale as it is
 )
 
 
@@ -36,9 +36,9 @@ def test_batches_equal_naive_slicing(dm):
         for b in dm.loader(split, shuffle=False):
             for i in range(len(b.series)):
                 s, d = int(b.series[i]), int(b.decoder_start[i])
-                assert torch.equal(b.encoder_cat[i], torch.as_tensor(enc.cat[s, d - L:d]))
+                assert torch.equal(b.encoder_cat[i], torch.as_tensor(enc.cat[s, d - L:d]).long())
                 assert torch.equal(b.encoder_real[i], torch.as_tensor(enc.real[s, d - L:d]))
-                assert torch.equal(b.decoder_cat[i], torch.as_tensor(enc.cat[s, d:d + H, :n_kc]))
+                assert torch.equal(b.decoder_cat[i], torch.as_tensor(enc.cat[s, d:d + H, :n_kc]).long())
                 assert torch.equal(b.decoder_real[i], torch.as_tensor(enc.real[s, d:d + H, 1:1 + n_kr]))
                 assert torch.equal(b.target[i], torch.as_tensor(enc.real[s, d:d + H, 0]))
                 assert torch.equal(b.encoder_mask[i], torch.as_tensor(enc.observed[s, d - L:d]))
@@ -188,3 +188,14 @@ def test_evaluation_shards_cover_every_window_once(n):
     seen = [int(s) for loader in ranks for b in loader for s in b[:, 1]]
     assert sorted(seen) == list(range(n))
     assert [sum(len(b) for b in loader) for loader in ranks] == [len(range(r, n, 3)) for r in range(3)]
+
+
+def test_codes_are_stored_in_the_smallest_exact_dtype_and_gathered_as_int64(dm):
+    from fusioncast.data.preprocess import code_dtype
+
+    assert [code_dtype(n) for n in (1, 256, 257, 32768, 32769, 2**31 + 1)] == [
+        np.uint8, np.uint8, np.int16, np.int16, np.int32, np.int64]
+    assert dm.enc.cat.dtype == np.uint8 and dm.enc.observed.dtype == bool  # 24 hours, a few weather codes
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.encoder_cat.dtype == batch.decoder_cat.dtype == torch.int64
+    assert int(batch.encoder_cat.max()) == int(dm.enc.cat.max())  # no code wrapped around

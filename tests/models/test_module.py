@@ -26,7 +26,7 @@ def module(**kwargs) -> TFTModule:
 ])
 def test_lr_follows_the_global_batch(rule, batch, devices, accumulate, factor):
     m = module(lr_batch_scaling=rule, reference_batch_size=128,
-               optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3})
+               optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3}, scheduler=None)
     m._trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"batch_size": batch}), world_size=devices,
                                  accumulate_grad_batches=accumulate)
     opt = m.configure_optimizers()

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from fusioncast.models import TemporalFusionTransformer
-from fusioncast.models.layers import Dropout, InterpretableMultiHeadAttention, VariableSelectionNetwork
+from fusioncast.models.layers import (
+    Dropout,
+    InterpretableMultiHeadAttention,
+    VariableSelectionNetwork,
+)
 
 L, H = 8, 4
 RICH = dict(  # every input kind present

@@ -19,7 +19,12 @@ import pandas as pd
 import pytest
 
 from fusioncast.serve.app import ServeConfig
-from fusioncast.serve.aws_lambda import LAMBDA_DEFAULTS, RESPONSE_LIMIT, config_from_env, http_event
+from fusioncast.serve.aws_lambda import (
+    LAMBDA_DEFAULTS,
+    RESPONSE_LIMIT,
+    config_from_env,
+    http_event,
+)
 from tests.conftest import ROOT, needs_shared
 from tests.serve.cases import bodies, random_bodies
 from tests.serve.test_requests import STALLION, forecast_table, requests_for
@@ -151,6 +156,32 @@ def test_an_answer_past_lambdas_limit_is_a_413(handler, example):
     finally:
         handler.response_limit = RESPONSE_LIMIT
     assert status == 413 and "fewer series" in orjson.loads(content)["detail"]
+
+
+def test_the_api_token_is_required_on_lambda_too(stallion, example, tmp_path, monkeypatch):
+    """With $FUSIONCAST_API_TOKEN set, the handler applies the server's token auth: 401 without the bearer
+    token (and with a wrong one), 200 with it; the probes need none."""
+    from fusioncast.serve.aws_lambda import LambdaHandler
+
+    token = "lambda-test-token-0123456789"
+    monkeypatch.setenv("FUSIONCAST_API_TOKEN", token)
+    monkeypatch.setenv("FUSIONCAST_BUNDLE", str(stallion.path))
+    monkeypatch.setenv("FUSIONCAST_SERVE_CONFIG", json.dumps({"cache_dir": str(tmp_path / "ort")}))
+    guarded = LambdaHandler(config_from_env())
+    try:
+        body = orjson.dumps(example)
+        for shape in SHAPES[::2]:
+            status, _, answer = invoke(guarded, shape, "POST", "/v1/forecast", body, headers=JSON)
+            assert status == 401 and b"Bearer" in answer
+            wrong = {**JSON, "authorization": "Bearer " + "x" * len(token)}
+            assert invoke(guarded, shape, "POST", "/v1/forecast", body, headers=wrong)[0] == 401
+            assert invoke(guarded, shape, "GET", "/v1/model")[0] == 401
+            good = {**JSON, "authorization": f"Bearer {token}"}
+            status, _, answer = invoke(guarded, shape, "POST", "/v1/forecast", body, headers=good)
+            assert status == 200 and orjson.loads(answer)["forecasts"]
+            assert invoke(guarded, shape, "GET", "/healthz")[0] == 200
+    finally:
+        guarded.close()
 
 
 def test_config_from_env():

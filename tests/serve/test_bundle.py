@@ -17,7 +17,14 @@ import pytest
 from onnx import numpy_helper
 
 from fusioncast.data.inference import empty_inputs
-from fusioncast.serve.bundle import Bundle, BundleError, Model, bundle_digest, sha256_file, write_meta
+from fusioncast.serve.bundle import (
+    Bundle,
+    BundleError,
+    Model,
+    bundle_digest,
+    sha256_file,
+    write_meta,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import orjson
 import pandas as pd
 import pytest
 
+from fusioncast.batch.score import table_windows
 from fusioncast.data.frame import prepare_frame
 from fusioncast.data.grid import CALENDAR_FEATURES
 from fusioncast.data.preprocess import Preprocessor
 from fusioncast.data.schema import Schema, validate
 from fusioncast.data.synthetic import make_taxi_demand
-from fusioncast.predict import table_windows
 from fusioncast.serve.calendar import calendar_values
 from fusioncast.serve.requests import RequestError, RequestParser, series_payload
 from tests.conftest import needs_shared

@@ -95,7 +95,7 @@ def test_endpoints(server, example):
     assert f["id"] == example["series"][0]["id"] and len(f["date"]) == 6
     assert set(f["quantiles"]) == {"0.1", "0.5", "0.9"}
     q = np.array([f["quantiles"][k] for k in ("0.1", "0.5", "0.9")])
-    assert np.isfinite(q).all() and (np.diff(q, axis=0) >= -1e-3 * np.abs(q).max()).all()  # roughly ordered
+    assert np.isfinite(q).all() and (np.diff(q, axis=0) >= 0).all()  # ordered: the model sorts them
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'fusioncast_requests_total{status="200"}' in metrics and "fusioncast_batch_series_bucket" in metrics
     assert httpx.get(f"{server.url}/docs").status_code == 200

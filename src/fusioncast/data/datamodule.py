@@ -30,16 +30,18 @@ class TimeSeriesDataModule(L.LightningDataModule):
     `target_normalizer`: "series" (per-series mean/std on training rows), "global" (one for all) or
     "encoder" (per-window center: the encoder's mean; per-series scale).
     `level_shift` ({prob, sigma, span}; off by default) augments the training windows
-    (fusioncast/data/augment.py).
+    (fusioncast/data/augment.py). `epoch_windows`: a training epoch is at most this many windows,
+    sampled afresh each epoch (data/windows.py, BatchLoader); null: every training window.
     """
 
     def __init__(
         self,
-        name: str = "synthetic",
+        *,
+        time_col: str,
+        target: str,
+        name: str = "custom",
         path: str | None = None,
         synthetic: dict | None = None,
-        time_col: str = "timestamp",
-        target: str = "target",
         group_ids: list[str] | None = None,
         static_categoricals: list[str] | None = None,
         static_reals: list[str] | None = None,
@@ -55,13 +57,14 @@ class TimeSeriesDataModule(L.LightningDataModule):
         val_start: float | str = 0.7,
         test_start: float | str | None = 0.85,
         test_end: float | str | None = None,
-        target_normalizer: str = "series",
+        target_normalizer: str = "encoder",
         seasonal_period: int | None = None,
         batch_size: int = 128,
         eval_batch_size: int = 1024,
         eval_stride: int = 1,
         seed: int = 0,
         level_shift: dict | None = None,
+        epoch_windows: int | None = 32768,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -191,7 +194,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if shard and self.trainer else (0, 1)
         return BatchLoader(self.tensors(device), series, starts, h.batch_size if train else self.eval_batch_size,
                            shuffle=train if shuffle is None else shuffle, drop_last=False, seed=h.seed,
-                           rank=rank, world_size=world, level_shift=self.level_shift if augment else None)
+                           rank=rank, world_size=world, level_shift=self.level_shift if augment else None,
+                           epoch_windows=h.get("epoch_windows") if train else None)
 
     def train_dataloader(self) -> BatchLoader:
         self._train_loader = self.loader("train", shard=True, augment=True)

@@ -33,10 +33,19 @@ class Encoded:
     length: np.ndarray         # (S,) int64 steps on the grid
     static_cat: np.ndarray     # (S, n_static_cat) int64
     static_real: np.ndarray    # (S, n_static_real) float32, raw units
-    cat: np.ndarray            # (S, T, n_known_cat + n_unknown_cat) int64
+    cat: np.ndarray            # (S, T, n_known_cat + n_unknown_cat) codes in code_dtype (int64 once gathered)
     real: np.ndarray           # (S, T, 1 + n_known_real + n_unknown_real) float32 raw; [..., 0] = target (0 where unobserved)
     observed: np.ndarray       # (S, T) bool: target observed (False in gaps and padding)
     target_scale: np.ndarray   # (S, 2) float32 (center, scale)
+
+
+def code_dtype(cardinality: int) -> np.dtype:
+    """The smallest integer dtype that holds codes 0 .. cardinality - 1: the dense (series, step) arrays of
+    a large table take 1 or 2 bytes a code instead of 8; windows are cast to int64 when gathered."""
+    for dt in (np.uint8, np.int16, np.int32):
+        if cardinality - 1 <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
 
 
 def _stats(x: np.ndarray) -> tuple[float, float]:
@@ -142,7 +151,7 @@ class Preprocessor:
             keys=[], start=np.empty(S, "datetime64[ns]"), length=np.zeros(S, np.int64),
             static_cat=np.zeros((S, len(s.static_categoricals)), np.int64),
             static_real=np.zeros((S, len(s.static_reals)), np.float32),
-            cat=np.zeros((S, T, len(tv_cat)), np.int64),
+            cat=np.zeros((S, T, len(tv_cat)), code_dtype(max((len(self.vocab[c]) + 1 for c in tv_cat), default=1))),
             real=np.zeros((S, T, len(tv_real)), np.float32),
             observed=np.zeros((S, T), bool), target_scale=np.zeros((S, 2), np.float32),
         )

@@ -108,8 +108,42 @@ def _numeric(df: pd.DataFrame, col: str, role: str) -> None:
     df[col] = converted
 
 
-def validate(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    """Check a raw table against its roles and return a cleaned copy.
+def used_columns(schema: Schema, available) -> list[str]:
+    """The columns the roles name, in role order; a SchemaError naming the first one the table lacks."""
+    available = list(available)
+    for role, cols in schema.roles.items():
+        for col in cols:
+            if col not in available:
+                raise SchemaError(f"column '{col}' ({role}) not found in the table; columns are {available}")
+    return list(dict.fromkeys(c for cols in schema.roles.values() for c in cols))
+
+
+def parse_times(df: pd.DataFrame, schema: Schema) -> pd.Series:
+    """The time column parsed to naive timestamps, with errors naming the row (and series) of a time that
+    cannot be parsed, is empty, or lies outside what datetime64[ns] holds."""
+    try:
+        times = pd.to_datetime(df[schema.time_col])
+    except (ValueError, TypeError) as e:
+        raise SchemaError(f"column '{schema.time_col}' (time_col) cannot be parsed as timestamps: {e}") from e
+    if times.isna().any():
+        row = times.isna().idxmax()
+        raise SchemaError(f"column '{schema.time_col}' (time_col) has an empty timestamp at row {row}")
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_localize(None)
+    # the model's time axis is datetime64[ns]; pandas parses wider (microseconds), numpy would wrap around
+    outside = (times < pd.Timestamp.min) | (times > pd.Timestamp.max)
+    if outside.any():
+        row = outside.idxmax()
+        series = "".join(f", {c}={df[c][row]}" for c in schema.group_ids if c in df)
+        raise SchemaError(f"column '{schema.time_col}' (time_col) has {times[row]} at row {row}{series}, "
+                          f"outside the times the model can represent ({pd.Timestamp.min.ceil('s')} .. "
+                          f"{pd.Timestamp.max.floor('s')})")
+    return times
+
+
+def validate(df: pd.DataFrame, schema: Schema, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Check a raw table against its roles and return a cleaned copy (the role columns, and of `keep` those
+    the table has, untouched).
 
     Cleaning: time parsed to datetime, categoricals as strings, reals as float.
     Raises SchemaError naming the column/series for: missing columns, non-numeric reals or target,
@@ -117,31 +151,8 @@ def validate(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """
     if not isinstance(df, pd.DataFrame):
         raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    available = list(df.columns)
-    for role, cols in schema.roles.items():
-        for col in cols:
-            if col not in df.columns:
-                raise SchemaError(f"column '{col}' ({role}) not found in the table; columns are {available}")
-    used = list(dict.fromkeys(c for cols in schema.roles.values() for c in cols))
-    df = df[used].copy()
-
-    try:
-        df[schema.time_col] = pd.to_datetime(df[schema.time_col])
-    except (ValueError, TypeError) as e:
-        raise SchemaError(f"column '{schema.time_col}' (time_col) cannot be parsed as timestamps: {e}") from e
-    if df[schema.time_col].isna().any():
-        row = df[schema.time_col].isna().idxmax()
-        raise SchemaError(f"column '{schema.time_col}' (time_col) has an empty timestamp at row {row}")
-    if getattr(df[schema.time_col].dt, "tz", None) is not None:
-        df[schema.time_col] = df[schema.time_col].dt.tz_localize(None)
-    # the model's time axis is datetime64[ns]; pandas parses wider (microseconds), numpy would wrap around
-    outside = (df[schema.time_col] < pd.Timestamp.min) | (df[schema.time_col] > pd.Timestamp.max)
-    if outside.any():
-        row = outside.idxmax()
-        series = "".join(f", {c}={df[c][row]}" for c in schema.group_ids if c in df)
-        raise SchemaError(f"column '{schema.time_col}' (time_col) has {df[schema.time_col][row]} at row {row}{series}, "
-                          f"outside the times the model can represent ({pd.Timestamp.min.ceil('s')} .. "
-                          f"{pd.Timestamp.max.floor('s')})")
+    df = df[used_columns(schema, df.columns) + [c for c in keep if c in df.columns]].copy()
+    df[schema.time_col] = parse_times(df, schema)
 
     _numeric(df, schema.target, "target")
     for role in ("static_reals", "time_varying_known_reals", "time_varying_unknown_reals"):

@@ -87,7 +87,7 @@ class SeriesTensors:
         t = lambda a, dt=None: torch.as_tensor(a, dtype=dt, device=self.device)  # noqa: E731
         self.static_cat = t(enc.static_cat)
         self.static_real = t(enc.static_real, dtype)
-        self.cat = t(enc.cat)
+        self.cat = t(enc.cat)  # the small code dtype of Preprocessor.transform: cast per gathered batch
         self.real = t(enc.real, dtype)
         self.observed = t(enc.observed)
         self.target_scale = t(enc.target_scale, dtype)
@@ -101,7 +101,7 @@ class SeriesTensors:
         s = series[:, None]
         # steps before a series' start (short encoders) read step 0 and are masked out
         tc = t.clamp_min(0)
-        cat, real, obs = self.cat[s, tc], self.real[s, tc], self.observed[s, tc] & (t >= 0)
+        cat, real, obs = self.cat[s, tc].long(), self.real[s, tc], self.observed[s, tc] & (t >= 0)
         if target_factor is not None:  # real is the gather's own copy
             real[..., 0] *= target_factor.to(real)
         target_scale = self.target_scale[series]
@@ -141,17 +141,29 @@ class BatchLoader:
     `sampler_state()` / `load_sampler_state()` carry where the sampler stands through a checkpoint (the
     datamodule's state; not named state_dict, or Lightning would restore the loader itself, and only
     inside an epoch, a batch off, as it fetches one ahead).
+
+    `epoch_windows` (shuffled loaders only): an epoch is at most this many windows, so that on a large
+    table epochs stay short enough for validation, early stopping and the lr schedule to act on. The
+    epochs then walk through a stream of permutations of all windows (the c-th seeded by seed + c),
+    epoch k taking its k-th stretch of `epoch_windows`: every window is seen once before any is seen
+    twice. The order of any epoch is a function of (seed, epoch) alone, so `epoch` is the whole state
+    of the sampler between epochs (what `sampler_state` saves; inside an epoch the resume also
+    skips the batches taken, as without it).
     """
 
     def __init__(self, tensors: SeriesTensors, series: np.ndarray, starts: np.ndarray, batch_size: int,
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 level_shift: LevelShift | None = None):
+                 level_shift: LevelShift | None = None, epoch_windows: int | None = None):
+        if epoch_windows is not None and (isinstance(epoch_windows, bool) or not isinstance(epoch_windows, int)
+                                          or epoch_windows < 1):
+            raise ValueError(f"data.epoch_windows must be a whole number >= 1 or null, got {epoch_windows!r}")
         self.tensors = tensors
         self.level_shift = level_shift
         self.series = torch.as_tensor(series, device=tensors.device)
         self.starts = torch.as_tensor(starts, device=tensors.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch_windows = epoch_windows
         self.epoch = 0  # epochs started; epoch e draws with seed + e
         self._resume_at: int | None = None
 
@@ -166,8 +178,28 @@ class BatchLoader:
         self.epoch = int(state["epoch"])
         self._resume_at = resume_at if resume_at and self.epoch > 0 else None
 
+    @property
+    def sampled(self) -> bool:
+        """Whether an epoch is a sample of `epoch_windows` windows rather than all of them."""
+        return self.shuffle and self.epoch_windows is not None and self.epoch_windows < len(self.series)
+
+    def _epoch_size(self) -> int:
+        return self.epoch_windows if self.sampled else len(self.series)
+
+    def _sample(self) -> Tensor:
+        """This epoch's stretch of the stream of permutations (class docstring)."""
+        n, m = len(self.series), self.epoch_windows
+        parts, pos = [], self.epoch * m
+        while pos < (self.epoch + 1) * m:
+            cycle, offset = divmod(pos, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + cycle))
+            take = min(n - offset, (self.epoch + 1) * m - pos)
+            parts.append(perm[offset : offset + take])
+            pos += take
+        return torch.cat(parts)
+
     def _per_rank(self) -> int:
-        n, world = len(self.series), self.world_size
+        n, world = self._epoch_size(), self.world_size
         return n // world if self.shuffle else len(range(self.rank, n, world))
 
     def __len__(self) -> int:
@@ -181,14 +213,17 @@ class BatchLoader:
             self.epoch, first, self._resume_at = self.epoch - 1, self._resume_at, None
         # same permutation (and level shifts) on every rank, seeded by epoch; each rank takes its own slice
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.shuffle:
+        if self.sampled:
+            order = self._sample().to(t.device)
+        elif self.shuffle:
             order = torch.randperm(n, generator=g).to(t.device)
         else:
             order = torch.arange(n, device=t.device)
         shift = None if self.level_shift is None else [a.to(t.device) for a in self.level_shift.draw(n, g)]
         self.epoch += 1
         if self.world_size > 1:
-            order = order[: n - n % self.world_size if self.shuffle else n][self.rank :: self.world_size]
+            k = len(order)
+            order = order[: k - k % self.world_size if self.shuffle else k][self.rank :: self.world_size]
         for i in range(first, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             factor = None if shift is None else LevelShift.factors(shift[0][idx], shift[1][idx], t.L, t.H)

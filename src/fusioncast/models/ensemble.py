@@ -1,7 +1,7 @@
 """A seed ensemble of TFTs: the members' quantile forecasts averaged, with the same plain-tensor interface.
 
 Members share the architecture and the data; they differ in the seed of their initialisation and
-batch order (`fusioncast-train ensemble.seeds=[42,7,13]`, fusioncast/ensemble.py). Averaging the
+batch order (`fusioncast-train ensemble.seeds=[42,7,13]`, fusioncast/postfit/seed_ensemble.py). Averaging the
 members' forecasts quantile by quantile (Vincentisation: quantiles in order in every member stay in
 order) is what seed ensembles of quantile forecasters usually do; it also exports as one ONNX graph, so the
 bundle, the server and batch scoring need nothing new. Interpretation outputs (selection weights,

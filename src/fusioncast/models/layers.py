@@ -19,8 +19,8 @@ class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask on CPU.
 
     PyTorch draws CPU dropout masks with bernoulli_, which only has a fast (MKL) path on Intel
-    CPUs; elsewhere it costs about 3x a uniform draw, and was ~13 % of a CPU training step. A
-    uniform draw compared with p gives the same Bernoulli(1 - p) mask. CUDA keeps the fused kernel.
+    CPUs (docs/benchmarks/training-speed.md). A uniform draw compared with p gives the same
+    Bernoulli(1 - p) mask. CUDA keeps the fused kernel.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,11 +43,8 @@ def elu(x: Tensor) -> Tensor:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear; in an ONNX export of a 3-D or larger input, applied to the input flattened to 2-D and
-    reshaped back (the same values). onnxruntime fuses a 2-D MatMul and its bias Add into one Gemm, which
-    adds the bias as it writes the product, but leaves a 3-D one as MatMul + a broadcast Add over the whole
-    output. On the stallion model's bundle (23 more Gemms, 20 fewer Adds) a call took 0.346-0.351 against
-    0.365-0.368 ms at batch 1, 1.25-1.26 against 1.33-1.34 ms at batch 8 and 8.99-9.04 against 9.29-9.48
-    ms at batch 64 (four interleaved rounds), with bit-identical outputs. Eager PyTorch keeps F.linear."""
+    reshaped back (the same values), because onnxruntime fuses a 2-D MatMul and its bias into one Gemm but
+    leaves a 3-D one as MatMul + a broadcast Add (docs/benchmarks/serving.md). Eager PyTorch keeps F.linear."""
     if torch.onnx.is_in_onnx_export() and x.dim() > 2:
         return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight, bias)

@@ -19,15 +19,11 @@ from fusioncast.models.tft import MIN_TARGET_SCALE, TemporalFusionTransformer
 def _design(net: TemporalFusionTransformer, loader: BatchLoader):
     """Per batch: the skip's inputs [recent - last, 1] and targets (normalised, minus last) of the windows
     whose horizon is fully observed, as float64 on the CPU."""
-    k = net.linear_skip
     for b in loader:
         center = b.target_scale[:, 0:1]
         scale = b.target_scale[:, 1:2].clamp_min(MIN_TARGET_SCALE)
-        # the inputs the model's skip sees (TemporalFusionTransformer._linear_skip)
         target = torch.where(b.encoder_mask, (b.encoder_real[..., 0] - center) / scale, 0.0)
-        last_step = torch.where(b.encoder_mask, net.positions, 0).amax(dim=-1, keepdim=True)
-        last = target.gather(1, last_step)
-        recent = torch.where(b.encoder_mask[:, -k:], target[:, -k:] - last, 0.0)
+        last, recent = net.skip_inputs(target, b.encoder_mask)
         full = b.target_mask.all(dim=1) & b.encoder_mask.any(dim=1)
         yield (torch.cat([recent, torch.ones_like(last)], dim=1)[full].double().cpu(),
                ((b.target - center) / scale - last)[full].double().cpu())

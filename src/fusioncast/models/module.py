@@ -9,13 +9,13 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 
-from fusioncast import rng
 from fusioncast.data.windows import Batch
 from fusioncast.models.ensemble import TFTEnsemble
 from fusioncast.models.tft import TemporalFusionTransformer
+from fusioncast.quantiles import median_index
+from fusioncast.training import rng
 
-
-RNG_KEY = "rng_states"  # checkpoint key of the generators' states at the time of saving (fusioncast/rng.py)
+RNG_KEY = "rng_states"  # checkpoint key of the generators' states at the time of saving (fusioncast/training/rng.py)
 
 
 def quantile_loss(pred: Tensor, target: Tensor, mask: Tensor, quantiles: Tensor, scale: Tensor) -> Tensor:
@@ -30,6 +30,12 @@ def quantile_loss(pred: Tensor, target: Tensor, mask: Tensor, quantiles: Tensor,
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+# configs/model/tft.yaml's optimizer and scheduler (tests/test_defaults.py keeps them equal); None: no scheduler
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 0.003, "weight_decay": 0.0001, "fused": True}
+DEFAULT_SCHEDULER = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "mode": "min", "factor": 0.5,
+                     "patience": 2}
+
+
 class TFTModule(L.LightningModule):
     """Trains a TemporalFusionTransformer; `data_kwargs` comes from the fitted preprocessing.
 
@@ -39,33 +45,33 @@ class TFTModule(L.LightningModule):
     by the global batch (batch size x devices x accumulation) over ``reference_batch_size``, the
     batch the lr was tuned for: large GPU batches keep training at a matched step size.
     ``shrink_correction`` (with a linear skip): after the fit, `fusioncast-train` scales the TFT's
-    correction of the skip by factors chosen on validation (fusioncast/shrinkage.py).
+    correction of the skip by factors chosen on validation (fusioncast/postfit/shrinkage.py).
     ``ensemble_size`` > 1 makes the network a TFTEnsemble of that many such TFTs, whose forecasts are
-    averaged; it is assembled from separately trained members (fusioncast/ensemble.py), never fit as one.
+    averaged; it is assembled from separately trained members (fusioncast/postfit/seed_ensemble.py), never fit as one.
     ``optimizer`` / ``scheduler`` are plain config dicts (``_target_`` naming a torch.optim optimizer /
     torch.optim.lr_scheduler scheduler, and its arguments), built in configure_optimizers: checkpoints
-    then hold plain data only (fusioncast/checkpoint.py).
+    then hold plain data only (fusioncast/training/checkpoint.py).
     """
 
     def __init__(
         self,
         data_kwargs: dict,
-        hidden_size: int = 64,
+        hidden_size: int = 32,
         attention_heads: int = 4,
         dropout: float = 0.1,
         lstm_layers: int = 1,
         quantiles: list[float] = (0.1, 0.5, 0.9),
-        optimizer: dict | None = None,
-        scheduler: dict | None = None,
+        optimizer: dict | None = DEFAULT_OPTIMIZER,
+        scheduler: dict | None = DEFAULT_SCHEDULER,
         variable_size: int | None = 8,
         compile: bool = False,
         compile_mode: str | None = None,
-        lr_batch_scaling: str | None = None,
+        lr_batch_scaling: str | None = "sqrt",
         reference_batch_size: int = 128,
-        linear_skip: int = 0,
+        linear_skip: int | None = None,
         loss_weighting: str = "series",
         linear_skip_fit: str = "train",
-        shrink_correction: bool = False,
+        shrink_correction: bool = True,
         ensemble_size: int = 1,
     ):
         super().__init__()
@@ -81,6 +87,11 @@ class TFTModule(L.LightningModule):
                                     ("scheduler", scheduler, "torch.optim.lr_scheduler")):
             if spec is not None:
                 torch_class(spec, name, package)  # refused here, not at the first fit
+        # copies, so that nothing done to this module's hparams reaches the shared defaults; None: the
+        # whole encoder (as configs/model/tft.yaml's ${data.max_encoder_length})
+        optimizer, scheduler = (None if x is None else dict(x) for x in (optimizer, scheduler))
+        if linear_skip is None:
+            linear_skip = data_kwargs["max_encoder_length"]
         self.save_hyperparameters(logger=False)
 
         def tft() -> TemporalFusionTransformer:
@@ -92,7 +103,7 @@ class TFTModule(L.LightningModule):
 
         self.net = tft() if ensemble_size == 1 else TFTEnsemble([tft() for _ in range(ensemble_size)])
         self.register_buffer("quantiles", torch.tensor(list(quantiles), dtype=torch.float32), persistent=False)
-        self.median = min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))
+        self.median = median_index(quantiles)
         self._rng_to_restore: dict | None = None
 
     def forward(self, *inputs: Tensor, return_interpretation: bool = False):
@@ -211,9 +222,6 @@ class TFTModule(L.LightningModule):
             return opt
         scheduler = torch_class(spec, "scheduler", "torch.optim.lr_scheduler")(opt, **_arguments(spec))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}}
-
-
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 3e-3, "weight_decay": 1e-4}
 
 
 def torch_class(spec: dict, name: str, package: str) -> type:

@@ -62,7 +62,7 @@ class TemporalFusionTransformer(nn.Module):
         max_encoder_length: int,
         max_prediction_length: int,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
-        hidden_size: int = 64,
+        hidden_size: int = 32,
         attention_heads: int = 4,
         dropout: float = 0.1,
         lstm_layers: int = 1,
@@ -76,6 +76,10 @@ class TemporalFusionTransformer(nn.Module):
         self.max_encoder_length = max_encoder_length
         self.max_prediction_length = max_prediction_length
         self.quantiles = [float(q) for q in quantiles]
+        if not self.quantiles or any(not 0 < q < 1 for q in self.quantiles) or any(
+                a >= b for a, b in zip(self.quantiles, self.quantiles[1:])):
+            raise ValueError("quantiles (model.quantiles) must be strictly increasing levels in (0, 1), "
+                             f"got {list(quantiles)}")
         self.num_static_categoricals = len(static_categorical_cardinalities)
         self.num_encoder_categoricals = len(encoder_categorical_cardinalities)
         self.num_known_categoricals = num_known_categoricals
@@ -91,6 +95,19 @@ class TemporalFusionTransformer(nn.Module):
         e = min(variable_size, d) if variable_size else d
         self.variable_size = e
 
+        self._build_embeddings(e, real_center, real_scale, static_categorical_cardinalities,
+                               encoder_categorical_cardinalities)
+        self._build_selection(d, e, dropout)
+        self._build_temporal(d, dropout, lstm_layers, attention_heads)
+        self._build_output(d, linear_skip)
+
+    def _build_embeddings(self, e: int, real_center: list[float] | None, real_scale: list[float] | None,
+                          static_categorical_cardinalities: list[int],
+                          encoder_categorical_cardinalities: list[int]) -> None:
+        """The input side: scalers of the reals, the categoricals' embedding table and the reals' per-variable
+        linear embeddings, each of width e."""
+        num_static_reals, num_known_reals = self.num_static_reals, self.num_known_reals
+        num_unknown_reals, num_known_categoricals = self.num_unknown_reals, self.num_known_categoricals
         # Raw -> normalised reals, order: static, known, unknown. Buffers, so they ship with the weights.
         num_reals = num_static_reals + num_known_reals + num_unknown_reals
         center = torch.zeros(num_reals) if real_center is None else torch.tensor(real_center, dtype=torch.float)
@@ -133,6 +150,9 @@ class TemporalFusionTransformer(nn.Module):
         # Stands in for the target's embedding where it is unobserved, so a gap differs from a 0.
         self.target_missing = nn.Parameter(torch.randn(e))
 
+    def _build_selection(self, d: int, e: int, dropout: float) -> None:
+        """The variable selection networks: static, encoder and (with future inputs) decoder."""
+        max_prediction_length = self.max_prediction_length
         self.static_vsn = VariableSelectionNetwork(self.num_static_vars, d, dropout, input_size=e)
         self.encoder_vsn = VariableSelectionNetwork(self.num_encoder_vars, d, dropout, context_size=d, input_size=e)
         # With no future inputs at all, the decoder still needs a (B, H, d) sequence to unroll the
@@ -145,6 +165,8 @@ class TemporalFusionTransformer(nn.Module):
             self.decoder_vsn = None
             self.decoder_no_input = nn.Parameter(torch.randn(max_prediction_length, d))
 
+    def _build_temporal(self, d: int, dropout: float, lstm_layers: int, attention_heads: int) -> None:
+        """The static context encoders, the LSTM encoder-decoder and the attention block of the paper."""
         # Static covariate encoders: the four contexts of section 4.3.
         self.context_selection = GatedResidualNetwork(d, d, d, dropout)
         self.context_enrichment = GatedResidualNetwork(d, d, d, dropout)
@@ -162,6 +184,10 @@ class TemporalFusionTransformer(nn.Module):
         self.post_attention_gate = GateAddNorm(d, d, dropout)
         self.positionwise_grn = GatedResidualNetwork(d, d, d, dropout)
         self.pre_output_gate = GateAddNorm(d, d, dropout=0.0)  # skip over the whole temporal block
+
+    def _build_output(self, d: int, linear_skip: int | None) -> None:
+        """The quantile head, the optional linear skip and its correction scale, and the fixed masks."""
+        max_encoder_length, max_prediction_length = self.max_encoder_length, self.max_prediction_length
         self.output = Linear(d, len(self.quantiles))
         # Linear autoregressive skip (LSTNet's highway; NLinear): the last `linear_skip` normalised targets,
         # relative to the last observed one, map linearly to the horizon; the TFT's quantiles are added to
@@ -174,8 +200,15 @@ class TemporalFusionTransformer(nn.Module):
             nn.init.zeros_(self.skip.bias)
         # With a skip, the TFT's input-dependent output (output.weight @ x; its bias, the quantile offsets,
         # stays) is scaled by a factor per quantile: 1 in training, then possibly shrunk towards the skip
-        # alone on validation (fusioncast/shrinkage.py). A buffer, so checkpoints and the ONNX graph carry it.
+        # alone on validation (fusioncast/postfit/shrinkage.py). A buffer, so checkpoints and the ONNX graph carry it.
         self.register_buffer("correction_scale", torch.ones(len(self.quantiles)))
+        # Outside training, forecasts leave sorted over the quantile axis, so no path downstream (evaluation,
+        # the exported graph, serving) sees crossed quantiles: a per-quantile correction_scale, or heads
+        # trained apart, can reorder them, and swapping two crossed quantiles only lowers the pinball loss
+        # (rearrangement, Chernozhukov et al. 2010). Training sees the heads as they are (sorting there too
+        # was no better on validation). False only inside fusioncast/postfit/shrinkage.py, whose search needs the
+        # forecasts affine in the factors.
+        self.sort_quantiles = True
         self._register_load_state_dict_pre_hook(self._default_correction_scale)
         self.register_buffer("positions", torch.arange(max_encoder_length), persistent=False)
 
@@ -196,12 +229,17 @@ class TemporalFusionTransformer(nn.Module):
         codes = torch.where((codes >= 0) & (codes < cards), codes, 0)
         return codes, self.cat_embedding(codes + self.cat_offsets[variables])
 
-    def _linear_skip(self, target: Tensor, encoder_mask: Tensor) -> Tensor:
-        """(B, H): last observed normalised target + a linear map of the recent ones relative to it."""
+    def skip_inputs(self, target: Tensor, encoder_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The linear skip's inputs from the normalised encoder target (B, L): the last observed value (B, 1)
+        and the `linear_skip` most recent ones relative to it (B, k), unobserved ones as 0."""
         k = self.linear_skip
         last_step = torch.where(encoder_mask, self.positions, 0).amax(dim=-1, keepdim=True)  # 0 if none observed
         last = target.gather(1, last_step)
-        recent = torch.where(encoder_mask[:, -k:], target[:, -k:] - last, 0.0)
+        return last, torch.where(encoder_mask[:, -k:], target[:, -k:] - last, 0.0)
+
+    def _linear_skip(self, target: Tensor, encoder_mask: Tensor) -> Tensor:
+        """(B, H): last observed normalised target + a linear map of the recent ones relative to it."""
+        last, recent = self.skip_inputs(target, encoder_mask)
         return last + self.skip(recent)
 
     def _embed_reals(self, x: Tensor, rows: slice) -> Tensor:
@@ -220,7 +258,7 @@ class TemporalFusionTransformer(nn.Module):
         target_scale: Tensor,
         return_interpretation: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Quantile forecasts (B, H, Q) in target units.
+        """Quantile forecasts (B, H, Q) in target units, non-decreasing over Q (in eval mode).
 
         Shapes: static_cat (B, n_static_cat) int64, static_real (B, n_static_real),
         encoder_cat (B, L, n_encoder_cat) int64, encoder_real (B, L, 1 + n_known_real +
@@ -232,14 +270,43 @@ class TemporalFusionTransformer(nn.Module):
         (B, L, n_encoder_vars) and decoder (B, H, n_decoder_vars) selection weights and the
         head-averaged attention (B, H, L + H).
         """
-        L, H = self.max_encoder_length, self.max_prediction_length
-        ns, nk = self.num_static_reals, self.num_known_reals
         center = target_scale[:, 0:1]
         scale = target_scale[:, 1:2].clamp_min(MIN_TARGET_SCALE)
-
         # Normalise. Unobserved target steps become 0 so that no filler value (not even inf/NaN)
-        # reaches the embedding or its gradient; their embedding is swapped out below anyway.
+        # reaches the embedding or its gradient; their embedding is swapped out in _embed anyway.
         target = torch.where(encoder_mask, (encoder_real[..., 0] - center) / scale, 0.0)
+        static_x, encoder_x, decoder_x, codes = self._embed(static_cat, static_real, encoder_cat, encoder_real,
+                                                             decoder_cat, decoder_real, encoder_mask, target,
+                                                             center, scale)
+        # Static covariate encoders: the contexts of section 4.3 (the LSTM's state ones in _temporal).
+        static_embedding, static_weights = self.static_vsn(torch.cat(static_x, dim=-2))
+        context_selection = self.context_selection(static_embedding).unsqueeze(1)
+        context_enrichment = self.context_enrichment(static_embedding).unsqueeze(1)
+        encoder_embedding, encoder_weights, decoder_embedding, decoder_weights = self._select(
+            context_selection, encoder_x, decoder_x, *codes)
+        x, attention = self._temporal(static_embedding, context_enrichment, encoder_embedding, decoder_embedding,
+                                      encoder_mask)
+
+        if self.skip is None:
+            out = self.output(x)
+        else:
+            out = linear(x, self.output.weight * self.correction_scale.unsqueeze(-1), self.output.bias)
+            out = out + self._linear_skip(target, encoder_mask).unsqueeze(-1)
+        quantiles = out * scale.unsqueeze(-1) + center.unsqueeze(-1)
+        if self.sort_quantiles and not self.training:
+            quantiles = quantiles.sort(dim=-1).values  # ONNX TopK (largest=0): the graph sorts as well
+        if not return_interpretation:
+            return quantiles
+        return quantiles, static_weights, encoder_weights, decoder_weights, attention
+
+    def _embed(self, static_cat: Tensor, static_real: Tensor, encoder_cat: Tensor, encoder_real: Tensor,
+               decoder_cat: Tensor, decoder_real: Tensor, encoder_mask: Tensor, target: Tensor, center: Tensor,
+               scale: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor], tuple]:
+        """Every variable embedded to (..., n_vars, e), grouped by the network that selects among them
+        (static, encoder, decoder), and the (encoder codes, decoder codes, vocabulary) the selection GRNs
+        run their categoricals on (None where they do not). Where the target is unobserved its embedding is
+        a learned "missing" vector instead."""
+        ns, nk = self.num_static_reals, self.num_known_reals
         encoder_covariates = (encoder_real[..., 1:] - self.real_center[ns:]) / self.real_scale[ns:]
         known = slice(ns, ns + nk)
         decoder_real = (decoder_real - self.real_center[known]) / self.real_scale[known]
@@ -247,8 +314,6 @@ class TemporalFusionTransformer(nn.Module):
         # asinh keeps huge center/scale ratios (stable series far from 0) in a sane range.
         target_level = torch.cat([torch.asinh(center / scale), scale.log()], dim=-1)
 
-        # Embed every variable to (..., n_vars, e), grouped by the network that selects among them.
-        # Where the target is unobserved its embedding is a learned "missing" vector instead.
         target_x = self._embed_reals(target.unsqueeze(-1), self.target_rows)
         static_x = [self._embed_reals(torch.cat([static_real, target_level], dim=-1), self.static_real_rows)]
         encoder_x = [
@@ -268,13 +333,13 @@ class TemporalFusionTransformer(nn.Module):
             decoder_codes = decoder_codes if self.num_known_categoricals else None
         else:
             encoder_codes = decoder_codes = None
+        return static_x, encoder_x, decoder_x, (encoder_codes, decoder_codes, vocab)
 
-        # Static covariate encoders.
-        static_embedding, static_weights = self.static_vsn(torch.cat(static_x, dim=-2))
-        context_selection = self.context_selection(static_embedding).unsqueeze(1)
-        context_enrichment = self.context_enrichment(static_embedding).unsqueeze(1)
-
-        # Temporal variable selection, conditioned on the static context.
+    def _select(self, context_selection: Tensor, encoder_x: list[Tensor], decoder_x: list[Tensor],
+                encoder_codes: Tensor | None, decoder_codes: Tensor | None,
+                vocab: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Temporal variable selection conditioned on the static context: the encoder's and decoder's
+        embeddings (B, L|H, d) and selection weights."""
         encoder_embedding, encoder_weights = self.encoder_vsn(
             torch.cat(encoder_x, dim=-2), context_selection, encoder_codes, vocab)
         if self.decoder_vsn is not None:
@@ -282,12 +347,17 @@ class TemporalFusionTransformer(nn.Module):
                 torch.cat(decoder_x, dim=-2), context_selection, decoder_codes,
                 None if decoder_codes is None else vocab[: self.num_known_categoricals])
         else:
-            batch = static_embedding.shape[0]
+            batch = context_selection.shape[0]
             decoder_embedding = self.decoder_no_input.expand(batch, -1, -1)
-            decoder_weights = static_embedding.new_zeros(batch, H, 0)
+            decoder_weights = context_selection.new_zeros(batch, self.max_prediction_length, 0)
+        return encoder_embedding, encoder_weights, decoder_embedding, decoder_weights
 
-        # Sequence-to-sequence LSTM seeded with the static state (the same for every layer), then
-        # a gated skip around it.
+    def _temporal(self, static_embedding: Tensor, context_enrichment: Tensor, encoder_embedding: Tensor,
+                  decoder_embedding: Tensor, encoder_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The decoder steps' features (B, H, d) before the quantile head, and the attention (B, H, L + H):
+        an LSTM encoder-decoder seeded with the static state (the same for every layer) and gated around,
+        static enrichment, then attention from the decoder steps over the whole window."""
+        L, H = self.max_encoder_length, self.max_prediction_length
         layers = self.lstm_encoder.num_layers
         state = tuple(
             grn(static_embedding).unsqueeze(0).expand(layers, -1, -1).contiguous()
@@ -299,22 +369,10 @@ class TemporalFusionTransformer(nn.Module):
             torch.cat([encoder_output, decoder_output], dim=1),
             torch.cat([encoder_embedding, decoder_embedding], dim=1),
         )
-
-        # Static enrichment, then attention from the decoder steps over the whole window.
         enriched = self.static_enrichment(temporal, context_enrichment)
         batch_mask = encoder_mask.unsqueeze(1).expand(-1, H, -1)
         mask = torch.cat([batch_mask, self.causal_mask.expand(batch_mask.shape[0], -1, -1)], dim=-1)
         attended, attention = self.attention(enriched[:, L:], enriched, mask)
         x = self.post_attention_gate(attended, enriched[:, L:])
         x = self.positionwise_grn(x)
-        x = self.pre_output_gate(x, temporal[:, L:])
-
-        if self.skip is None:
-            out = self.output(x)
-        else:
-            out = linear(x, self.output.weight * self.correction_scale.unsqueeze(-1), self.output.bias)
-            out = out + self._linear_skip(target, encoder_mask).unsqueeze(-1)
-        quantiles = out * scale.unsqueeze(-1) + center.unsqueeze(-1)
-        if not return_interpretation:
-            return quantiles
-        return quantiles, static_weights, encoder_weights, decoder_weights, attention
+        return self.pre_output_gate(x, temporal[:, L:]), attention

@@ -43,8 +43,10 @@ ENV_BUNDLE = "FUSIONCAST_BUNDLE"  # the bundle directory; default: `bundle` in t
 RESPONSE_LIMIT = 6 * 1024 * 1024
 # ServeConfig fields that default otherwise on Lambda (inline_max_series: max_series, below): one request
 # at a time per environment, so no wait for a batch to fill; and any Host, as requests only reach the
-# function through AWS's endpoints (function URL, API Gateway, a custom domain), whatever their name
-LAMBDA_DEFAULTS = {"max_wait_ms": 0.0, "allowed_hosts": ["*"]}
+# function through AWS's endpoints (function URL, API Gateway, a custom domain), whatever their name; and no
+# actuals store unless one is named (a SQLite file would live and die with one execution environment:
+# name a postgresql:// or redis:// store shared by all of them)
+LAMBDA_DEFAULTS = {"max_wait_ms": 0.0, "allowed_hosts": ["*"], "store": "none"}
 
 
 def config_from_env(environ: dict[str, str] | None = None) -> ServeConfig:
@@ -60,7 +62,7 @@ def config_from_env(environ: dict[str, str] | None = None) -> ServeConfig:
         raise ValueError(f"${ENV_CONFIG} must be a JSON object of ServeConfig fields, not {given!r}")
     settings = asdict(ServeConfig(bundle=os.path.join(environ.get("LAMBDA_TASK_ROOT", "."), "bundle")))
     del settings["inline_max_series"]  # default: max_series, whatever that is set to
-    settings.update({k: v for k, v in LAMBDA_DEFAULTS.items() if k in settings})  # the fields this server has
+    settings.update(LAMBDA_DEFAULTS)
     settings.update(given)
     settings.setdefault("inline_max_series", settings["max_series"])
     if environ.get(ENV_BUNDLE):

@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from fusioncast.calibration import Calibration
 from fusioncast.data.inference import INTERPRETATION_NAMES, OUTPUT_NAMES, empty_inputs
 from fusioncast.data.preprocess import Preprocessor
+from fusioncast.postfit.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,8 @@ MODEL_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 EXAMPLE_FILE = "example_request.json"
 INTEGRITY = "integrity"
-# onnxruntime's graph fusions that make this model slower. SkipLayerNormFusion turns every
-# LayerNorm(x + skip) into one SkipLayerNormalization op whose CPU kernel is slower than the two ops
-# it replaces: 830 us against 230 us for Add + LayerNormalization on a (64, 42, 64) input
-# (onnxruntime 1.32, one thread), 12 % of a batch-64 call of the stallion model.
+# onnxruntime's graph fusions that make this model slower: SkipLayerNormFusion's CPU kernel is slower
+# than the Add + LayerNormalization it replaces (docs/benchmarks/serving.md).
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
@@ -207,7 +205,8 @@ class Bundle:
             "schema": s.to_dict(), "vocabularies": self.pp.vocab,
             "series": sorted(self.pp.target_scales), "metrics": without_paths(self.meta.get("metrics")),
             "parity": self.meta.get("parity"), "variables": self.meta.get("variables"),
-            "calibration": self.meta.get("calibration"),
+            "calibration": self.meta.get("calibration"), "versions": self.meta.get("versions"),
+            "data": self.meta.get("data"),
         }
 
 

@@ -18,8 +18,19 @@ from dataclasses import asdict
 
 from fusioncast.serve.app import ENV_CONFIG, ServeConfig, create_app
 from fusioncast.serve.bundle import Bundle, BundleError, Model
-from fusioncast.serve.connections import FD_RESERVE, ConnectionLimits, LimitedHttpToolsProtocol, raise_open_file_limit
-from fusioncast.serve.guard import LOOPBACK_ADDRESSES, LOOPBACK_HOSTS, TOKEN_ENV, default_allowed_hosts, load_tokens
+from fusioncast.serve.connections import (
+    FD_RESERVE,
+    ConnectionLimits,
+    LimitedHttpToolsProtocol,
+    raise_open_file_limit,
+)
+from fusioncast.serve.guard import (
+    LOOPBACK_ADDRESSES,
+    LOOPBACK_HOSTS,
+    TOKEN_ENV,
+    default_allowed_hosts,
+    load_tokens,
+)
 
 log = logging.getLogger("fusioncast.serve")
 
@@ -50,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="where the optimised graph is cached")
     p.add_argument("--bundle-sha256", default=None,
                    help="refuse to serve a bundle whose digest is not this one (fusioncast-export prints it)")
+    f = p.add_argument_group("actuals")
+    f.add_argument("--store", default=d.store,
+                   help="where posted actuals and issued forecasts are kept: 'sqlite' (a file per bundle in the cache "
+                        "directory), a SQLite file path, postgresql://..., redis://... (several machines), or 'none'")
+    f.add_argument("--monitor-hours", type=float, default=d.monitor_hours,
+                   help="the monitoring window, back from the latest actual (GET /v1/monitoring)")
+    f.add_argument("--max-actuals", type=int, default=d.max_actuals, help="actuals per POST /v1/actuals (413 beyond)")
+    f.add_argument("--no-dashboard", action="store_true", help="no dashboard page at /")
     a = p.add_argument_group("access")
     a.add_argument("--token-file", default=None,
                    help=f"bearer tokens (one per line) that /v1/* and /metrics require; else ${TOKEN_ENV}; "
@@ -100,7 +119,9 @@ def _setup(args: argparse.Namespace) -> tuple[ServeConfig, ConnectionLimits]:
                          max_series=args.max_series, max_body_bytes=args.max_body_bytes, cache_dir=args.cache_dir,
                          bundle_sha256=args.bundle_sha256, token_file=args.token_file,
                          allowed_hosts=args.allowed_hosts or default_allowed_hosts(args.host),
-                         cors_origins=args.cors_origins, docs=not args.no_docs)
+                         cors_origins=args.cors_origins, docs=not args.no_docs, store=args.store,
+                         monitor_hours=args.monitor_hours, max_actuals=args.max_actuals,
+                         dashboard=not args.no_dashboard)
     limits = _limits(args)
     auth = load_tokens(config.token_file) is not None
     if not auth and args.host not in LOOPBACK_ADDRESSES:

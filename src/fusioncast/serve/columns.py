@@ -21,8 +21,15 @@ from typing import NamedTuple
 import numpy as np
 
 from fusioncast.data.preprocess import UNKNOWN
-from fusioncast.serve.fields import (NUMBER, NUMBER_OR_NULL, SERIES_FIELDS, HorizonOutOfRange, RequestError, in_range,
-                                     numpy_times_fast)
+from fusioncast.serve.fields import (
+    NUMBER,
+    NUMBER_OR_NULL,
+    SERIES_FIELDS,
+    HorizonOutOfRange,
+    RequestError,
+    in_range,
+    numpy_times_fast,
+)
 
 _UNSEEN = chr(UNKNOWN)
 

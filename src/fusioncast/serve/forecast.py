@@ -2,7 +2,7 @@
 the model's outputs turned into the answer (or the 4xx/503 that tells why there is none). No torch.
 
 `ForecastFastPath` answers these requests as pure ASGI, past Starlette's routing, request and response
-objects and FastAPI's dependency solving, which cost ~10 % of a single-series request's server CPU.
+objects and FastAPI's dependency solving, a noticeable share of a single-series request's CPU.
 Bodies are read and written with orjson rather than through pydantic, which would cost more than the
 model itself.
 """
@@ -19,8 +19,9 @@ from fusioncast.data.inference import nonfinite_windows, overflow_message
 from fusioncast.serve.batcher import MicroBatcher, QueueFull
 from fusioncast.serve.bundle import Bundle, Model
 from fusioncast.serve.fields import RequestError, shown
-from fusioncast.serve.metrics import ServerMetrics
+from fusioncast.serve.prometheus import ServerMetrics
 from fusioncast.serve.requests import ParsedRequest, RequestParser
+from fusioncast.serve.store import StoreUnavailable
 
 log = logging.getLogger("fusioncast.serve")
 
@@ -74,8 +75,9 @@ class ForecastService:
     forecast request."""
 
     def __init__(self, bundle: Bundle, model: Model, *, max_series: int, max_body_bytes: int, max_batch_size: int,
-                 max_wait_ms: float, max_queue: int, inline_max_series: int, retry_after_s: int, variant: str):
-        self.bundle, self.model = bundle, model
+                 max_wait_ms: float, max_queue: int, inline_max_series: int, retry_after_s: int, variant: str,
+                 feedback=None):
+        self.bundle, self.model, self.feedback = bundle, model, feedback  # feedback: serve/feedback.py, or None
         self.parser = RequestParser(bundle.pp, max_series=max_series)
         self.metrics = ServerMetrics()
         self.batcher = MicroBatcher(model, max_batch_size, max_wait_ms, max_queue,
@@ -116,20 +118,32 @@ class ForecastService:
             body = await read_body(receive, headers, self.max_body_bytes)
             if body is None:
                 return None
+            feedback = self.feedback
             try:
-                parsed = self.parser.parse(body)
-            except RequestError:
+                obj = self.parser.load(body)
+                if feedback is not None:
+                    await feedback.fill(obj)  # the stored history of series that come without one
+                parsed = self.parser.parse_obj(obj)
+                keys = feedback.keys(parsed.ids) if feedback is not None else None
+            except (RequestError, StoreUnavailable):
                 raise
             except Exception as e:  # input no rule foresaw: still the client's request, never a 500
                 log.exception("unreadable request")
                 raise RequestError(f"could not read the request ({type(e).__name__}: {e})") from e
             outputs = await self.batcher.submit(parsed.inputs, len(parsed.ids), parsed.interpretation)
+            if feedback is not None:
+                base = outputs[0]
+                outputs = [await feedback.serve(keys, base, parsed.inputs["target_scale"]), *outputs[1:]]
             status, payload = 200, self.answer(parsed, outputs)
+            if feedback is not None:
+                feedback.record(keys, parsed.times, obj["series"], base, outputs[0], parsed.inputs["target_scale"])
             self.metrics.forecasts.inc(len(parsed.ids))
         except RequestError as e:
             status, payload = e.status, dumps(e.body())
         except QueueFull as e:
             status, payload, extra = 503, error_body(f"overloaded: {e}; retry later"), self.retry_after
+        except StoreUnavailable:  # the server's trouble, not the client's: retry later
+            status, payload, extra = 503, error_body("the actuals store is unavailable; retry later"), self.retry_after
         self.metrics.requests.labels(str(status)).inc()
         self.metrics.latency.observe(time.perf_counter() - start)
         return status, payload, extra

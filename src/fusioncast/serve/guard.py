@@ -90,6 +90,8 @@ class Guard:
         any_host = allowed_hosts is None or "*" in allowed_hosts
         names = [h.strip().lower().encode() for h in allowed_hosts or []]
         for name in names:
+            if name == b"*":  # any host (AWS Lambda's default: only AWS's endpoints reach it)
+                continue
             if b"*" in name[1:] or (name.startswith(b"*") and not name.startswith(b"*.")):
                 raise ValueError(f"allowed host {name.decode()!r}: a pattern must look like '*.example.com'")
         self.hosts = None if any_host else frozenset(n for n in names if not n.startswith(b"*"))

@@ -27,6 +27,8 @@ ERROR_STATUSES = {400: "not JSON, or a bad Content-Length", 401: "no valid beare
                   422: "a request the model cannot answer: a missing or unknown column, a wrong length, a value "
                        "that is not a finite number, a timestamp off the grid or out of range, a forecast that "
                        "is not finite", 503: "overloaded or shutting down: retry after Retry-After seconds"}
+STORE_STATUSES = {404: "this server keeps no actuals (started with --store none)",
+                  503: "the actuals store is unavailable: retry later"}
 
 
 def _array(items: dict, n: int | None = None, description: str | None = None) -> dict:
@@ -115,11 +117,28 @@ def _json(schema: dict, description: str, example=None) -> dict:
     return {"description": description, "content": {"application/json": content}}
 
 
-def _errors(*statuses: int) -> dict:
-    return {str(code): _json({"$ref": "#/components/schemas/Error"}, ERROR_STATUSES[code]) for code in statuses}
+def _errors(*statuses: int, texts: dict | None = None) -> dict:
+    texts = {**ERROR_STATUSES, **(texts or {})}
+    return {str(code): _json({"$ref": "#/components/schemas/Error"}, texts[code]) for code in statuses}
 
 
-def document(base: dict, bundle: Bundle, *, max_series: int, example: dict | None, auth: bool) -> dict:
+def actuals_schema(bundle: Bundle, max_actuals: int) -> dict:
+    """POST /v1/actuals' body for this bundle: the series id, the time, the value, the other history columns."""
+    s = bundle.pp.schema
+    ids = list(s.group_ids)
+    scalar = {"type": ["string", "number"]}
+    series = {"anyOf": [scalar, _object({c: scalar for c in ids}, ids)]} if ids else scalar
+    inputs = {c: scalar for c in [*s.time_varying_known_categoricals, *s.time_varying_unknown_categoricals]}
+    inputs |= {c: {"type": "number"} for c in [*s.time_varying_known_reals, *s.time_varying_unknown_reals]}
+    item = _object({"series": series, "time": TIME, "value": {"type": "number", "description": "the target's value"},
+                    "inputs": {**_object(inputs, []), "description": "the series' other history columns at that "
+                               "time: what a forecast request that leaves out its history needs"}},
+                   ["series", "time", "value"])
+    return _object({"actuals": {"type": "array", "items": item, "minItems": 1, "maxItems": max_actuals}}, ["actuals"])
+
+
+def document(base: dict, bundle: Bundle, *, max_series: int, example: dict | None, auth: bool,
+             max_actuals: int = 100_000) -> dict:
     """FastAPI's document of the app's routes (`base`) with this bundle's schemas and every answer each
     path can give."""
     doc = dict(base)
@@ -141,6 +160,18 @@ def document(base: dict, bundle: Bundle, *, max_series: int, example: dict | Non
     paths["/metrics"]["get"]["responses"] = {
         "200": {"description": "Prometheus metrics, in its text exposition format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(*guarded)}
+    components["ActualsRequest"] = actuals_schema(bundle, max_actuals)
+    actuals = paths["/v1/actuals"]["post"]
+    actuals["requestBody"] = {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ActualsRequest"}}}}
+    stored = _object({"stored": {"type": "integer"}, "series": {"type": "integer"}}, ["stored", "series"])
+    actuals["responses"] = {"200": _json(stored, "the actuals kept"),
+                            **_errors(400, *guarded, 404, 413, 415, 422, 503, texts=STORE_STATUSES)}
+    for path, what in (("/v1/monitoring", "error and interval coverage by hour, the worst and busiest series"),
+                       ("/v1/series", "the latest actual and forecast of each series the store knows"),
+                       ("/v1/series/{key}", "one series' stored actuals, last request and latest forecast")):
+        paths[path]["get"]["responses"] = {"200": _json({"type": "object"}, what),
+                                           **_errors(*guarded, 404, 503, texts=STORE_STATUSES)}
     paths["/healthz"]["get"]["responses"] = {"200": _json(_object({"status": {"type": "string"}}, ["status"]),
                                                           "the process is up")}
     ready = _object({"status": {"type": "string"}, "queued_series": {"type": "integer"}}, ["status", "queued_series"])

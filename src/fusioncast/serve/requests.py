@@ -33,9 +33,25 @@ from fusioncast.data.preprocess import UNKNOWN, Preprocessor, series_key
 from fusioncast.data.schema import Schema
 from fusioncast.serve import columns
 from fusioncast.serve.calendar import calendar_values
-from fusioncast.serve.fields import (FIRST_TIME, LAST_TIME, NUMBER, NUMBER_OR_NULL, REQUEST_FIELDS, SCALAR,
-                                     SERIES_FIELDS, HorizonOutOfRange, RequestError, TimeOutOfRange, check_time_range,
-                                     kind, numpy_times, out_of_range_message, shown, shown_keys, shown_text)
+from fusioncast.serve.fields import (
+    FIRST_TIME,
+    LAST_TIME,
+    NUMBER,
+    NUMBER_OR_NULL,
+    REQUEST_FIELDS,
+    SCALAR,
+    SERIES_FIELDS,
+    HorizonOutOfRange,
+    RequestError,
+    TimeOutOfRange,
+    check_time_range,
+    kind,
+    numpy_times,
+    out_of_range_message,
+    shown,
+    shown_keys,
+    shown_text,
+)
 
 __all__ = ["ParsedRequest", "RequestError", "RequestParser", "series_payload"]
 
@@ -102,12 +118,16 @@ class RequestParser:
 
     # ---- whole requests ---------------------------------------------------------------------------
     def parse(self, body: bytes) -> ParsedRequest:
+        return self.parse_obj(self.load(body))
+
+    @staticmethod
+    def load(body: bytes):
+        """The body's JSON value (400 when it is not JSON)."""
         try:
-            obj = orjson.loads(body)
+            return orjson.loads(body)
         except orjson.JSONDecodeError as e:
             raise RequestError(f"the body is not valid JSON ({e}); NaN and Infinity are not JSON: send null for a "
                                "missing target value", status=400) from None
-        return self.parse_obj(obj)
 
     def parse_obj(self, obj) -> ParsedRequest:
         if type(obj) is not dict:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def open_storage(storage: Any, heartbeat_interval: int | None = None, grace_peri
         if heartbeat_interval:
             name, callback = _stale_callback(max_retry)
             kwargs = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period, name: callback}
-        opened = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
+        opened = _rdb_storage(storage, engine_kwargs, kwargs)
     else:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -66,6 +67,22 @@ def open_storage(storage: Any, heartbeat_interval: int | None = None, grace_peri
         opened = JournalStorage(JournalFileBackend(storage))
     _opened[key] = opened
     return opened
+
+
+def _rdb_storage(url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 5):
+    """Optuna's RDBStorage, retried when another worker creates the same tables at the same moment: Optuna
+    creates its schema without a lock, so of two workers starting together on a new PostgreSQL database one
+    can fail on a duplicate type or table that the other has just made (the retry then finds them)."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def describe(storage: Any) -> str:

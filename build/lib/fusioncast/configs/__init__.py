@@ -1,1 +1,0 @@
-"""Hydra configs shipped inside the package so installed console scripts find them."""

@@ -1,1 +1,0 @@
-"""Data layer: column roles, built-in sets, preprocessing (numpy only) and device-resident windows."""

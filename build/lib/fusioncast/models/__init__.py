@@ -1,5 +1,0 @@
-"""Forecasting models."""
-
-from .tft import TemporalFusionTransformer
-
-__all__ = ["TemporalFusionTransformer"]

@@ -1,0 +1,81 @@
+"""A throwaway Redis server on loopback for the tests (and for .ci/run): Debian's `redis-server` on a free
+port, no persistence to disk, in a fresh temporary folder.
+
+    eval "$(python -m tests.redis_server start)"   # exports FUSIONCAST_TEST_REDIS_URL and ..._DIR
+    python -m tests.redis_server stop "$FUSIONCAST_TEST_REDIS_DIR"
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+URL_ENV = "FUSIONCAST_TEST_REDIS_URL"
+DIR_ENV = "FUSIONCAST_TEST_REDIS_DIR"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    base: Path
+
+    def stop(self) -> None:
+        stop(self.base)
+
+
+def start() -> Server:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("no redis-server: apt-get install redis-server")
+    base = Path(tempfile.mkdtemp(prefix="fusioncast-redis-"))
+    port = _free_port()
+    subprocess.run([binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--dir", str(base),
+                    "--pidfile", str(base / "redis.pid"), "--logfile", str(base / "redis.log"), "--save", "",
+                    "--appendonly", "no"], check=True, capture_output=True)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return Server(f"redis://127.0.0.1:{port}/0", base)
+        except OSError:
+            pass
+        time.sleep(0.1)
+    stop(base)
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+def stop(base: Path | str) -> None:
+    base = Path(base)
+    pid_file = base / "redis.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().strip())
+        subprocess.run(["kill", str(pid)], capture_output=True, check=False)
+        for _ in range(100):
+            if subprocess.run(["kill", "-0", str(pid)], capture_output=True, check=False).returncode != 0:
+                break
+            time.sleep(0.05)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["start"]:
+        server = start()
+        print(f"export {URL_ENV}={server.url} {DIR_ENV}={server.base}")
+    elif sys.argv[1:2] == ["stop"] and len(sys.argv) == 3:
+        stop(sys.argv[2])
+    else:
+        sys.exit("usage: python -m tests.redis_server start | stop DIR")
