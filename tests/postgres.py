@@ -11,12 +11,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from tests.throwaway import Server, command_line, free_port
 
 URL_ENV = "FUSIONCAST_TEST_POSTGRES_URL"
 DIR_ENV = "FUSIONCAST_TEST_POSTGRES_DIR"
@@ -43,21 +42,6 @@ def _as_server_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    base: Path
-
-    def stop(self) -> None:
-        stop(self.base)
-
-
 def start() -> Server:
     """Create a cluster in a fresh temporary folder, start it on 127.0.0.1 and create the test database."""
     bin_dir = binaries()
@@ -71,7 +55,7 @@ def start() -> Server:
     (base / "bin").write_text(str(bin_dir))
     try:
         run(bin_dir / "initdb", "-D", base / "data", "-A", "trust", "-U", "postgres", "--no-sync")
-        port = _free_port()
+        port = free_port()
         # no durability needed for a test database
         options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
         run(bin_dir / "pg_ctl", "-D", base / "data", "-o", options, "-l", base / "server.log", "-w", "start")
@@ -79,7 +63,7 @@ def start() -> Server:
     except subprocess.CalledProcessError as e:
         stop(base)
         raise RuntimeError(f"{' '.join(e.cmd)} failed: {e.stderr}") from e
-    return Server(f"postgresql+psycopg://postgres@127.0.0.1:{port}/{DATABASE}", base)
+    return Server(f"postgresql+psycopg://postgres@127.0.0.1:{port}/{DATABASE}", base, stop)
 
 
 def stop(base: Path | str) -> None:
@@ -92,10 +76,4 @@ def stop(base: Path | str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["start"]:
-        server = start()
-        print(f"export {URL_ENV}={server.url} {DIR_ENV}={server.base}")
-    elif sys.argv[1:2] == ["stop"] and len(sys.argv) == 3:
-        stop(sys.argv[2])
-    else:
-        sys.exit("usage: python -m tests.postgres start | stop DIR")
+    command_line("postgres", start, stop, URL_ENV, DIR_ENV)

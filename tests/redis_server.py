@@ -10,29 +10,14 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from tests.throwaway import Server, command_line, free_port
 
 URL_ENV = "FUSIONCAST_TEST_REDIS_URL"
 DIR_ENV = "FUSIONCAST_TEST_REDIS_DIR"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    base: Path
-
-    def stop(self) -> None:
-        stop(self.base)
 
 
 def start() -> Server:
@@ -40,7 +25,7 @@ def start() -> Server:
     if binary is None:
         raise FileNotFoundError("no redis-server: apt-get install redis-server")
     base = Path(tempfile.mkdtemp(prefix="fusioncast-redis-"))
-    port = _free_port()
+    port = free_port()
     subprocess.run([binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--dir", str(base),
                     "--pidfile", str(base / "redis.pid"), "--logfile", str(base / "redis.log"), "--save", "",
                     "--appendonly", "no"], check=True, capture_output=True)
@@ -50,7 +35,7 @@ def start() -> Server:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
-                    return Server(f"redis://127.0.0.1:{port}/0", base)
+                    return Server(f"redis://127.0.0.1:{port}/0", base, stop)
         except OSError:
             pass
         time.sleep(0.1)
@@ -72,10 +57,4 @@ def stop(base: Path | str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["start"]:
-        server = start()
-        print(f"export {URL_ENV}={server.url} {DIR_ENV}={server.base}")
-    elif sys.argv[1:2] == ["stop"] and len(sys.argv) == 3:
-        stop(sys.argv[2])
-    else:
-        sys.exit("usage: python -m tests.redis_server start | stop DIR")
+    command_line("redis_server", start, stop, URL_ENV, DIR_ENV)
