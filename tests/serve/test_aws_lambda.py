@@ -18,17 +18,20 @@ import orjson
 import pandas as pd
 import pytest
 
-from fusioncast.serve.app import ServeConfig
-from fusioncast.serve.aws_lambda import (
+# the Lambda adapter comes with the `lambda` extra (.ci/run installs it)
+pytest.importorskip("mangum")
+
+from fusioncast.serve.app import ServeConfig  # noqa: E402
+from fusioncast.serve.aws_lambda import (  # noqa: E402
     LAMBDA_DEFAULTS,
     RESPONSE_LIMIT,
     config_from_env,
     http_event,
 )
-from tests.conftest import ROOT, needs_shared
-from tests.serve.cases import bodies, random_bodies
-from tests.serve.test_requests import STALLION, forecast_table, requests_for
-from tests.serve.test_server import Server
+from tests.conftest import ROOT, needs_shared  # noqa: E402
+from tests.serve.cases import bodies, random_bodies  # noqa: E402
+from tests.serve.test_requests import STALLION, forecast_table, requests_for  # noqa: E402
+from tests.serve.test_server import Server  # noqa: E402
 
 EVENTS = {name: json.loads((ROOT / "deploy" / "aws" / "events" / f"{name}.json").read_text())
           for name in ("http-api", "function-url")}
